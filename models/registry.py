@@ -28,6 +28,14 @@ def is_model(name: str) -> bool:
     return name in _MODEL_BUILDERS
 
 
+def model_option_names(name: str) -> List[str]:
+    """Keyword options the builder of ``name`` accepts (students and teachers take different ones)."""
+    import inspect
+
+    params = inspect.signature(_MODEL_BUILDERS[name]).parameters
+    return [p for p in params if p != "num_classes"]
+
+
 def build_model(name: str, num_classes: int, **options):
     """Build a registered model; an unknown name is a :class:`UserError` listing the choices."""
     if name not in _MODEL_BUILDERS:
