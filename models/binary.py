@@ -1,0 +1,214 @@
+"""Binary building blocks: sign activations with surrogate gradients and binary convolutions.
+
+Two weight binarizers are provided:
+
+* :class:`HardBinaryConv` (BNext): no scaling factor, forward weight ``clamp(w / T, -1, 1)``
+  with a temperature buffer ``T`` that the BNext recipe anneals towards 0 (pure sign).
+* :class:`ReCUConv2d` (ReCU, "Reviving the dead weights"): standardized weights clamped at
+  the quantile ``Q_tau`` before the sign, with a learnable per-output-channel scale.
+
+Every binary convolution subclasses :class:`BinaryConv2d`; optimizer partitioning and
+complexity counting find binary latent weights as ``m.weight`` of ``isinstance(m, BinaryConv2d)``.
+
+``sign(0)`` is taken as ``+1`` throughout, so activations and binary weights are exactly in
+{-1, +1} (``torch.sign`` would give 0, a third value a 1-bit kernel cannot represent).
+
+The surrogate gradients go through a custom :class:`torch.autograd.Function` because their
+backward differs from the derivative of any differentiable forward (no library op fits).
+"""
+import math
+from typing import Iterator, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Latent weights of HardBinaryConv and the pass-through range of HardSign (BNext uses 1.5).
+HARD_RANGE = 1.5
+# Below this temperature HardBinaryConv uses the exact sign of its latent weights.
+MIN_TEMPERATURE = 1e-7
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """Sign with ``sign(0) = +1``: values exactly in {-1, +1}, same dtype as ``x``."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign(x) forward; backward scales the incoming gradient by ``surrogate_grad(x)``."""
+
+    @staticmethod
+    def forward(ctx, x, surrogate_grad):
+        ctx.save_for_backward(x)
+        ctx.surrogate_grad = surrogate_grad
+        return binarize(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.surrogate_grad(x).to(grad.dtype), None
+
+
+class BinaryActivation(nn.Module):
+    """Binarizes activations to {-1, +1}; subclasses choose the surrogate gradient.
+
+    The ``temperature`` buffer (shape [1]) exists because the official BNext checkpoints carry
+    one per activation (``binary_activation.temperature``). BNext divides by it before the
+    sign, which a positive temperature cannot change, so it has no effect on the forward
+    pass; it is kept only so checkpoints load strictly.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("temperature", torch.ones(1))
+
+    @staticmethod
+    def surrogate_grad(x: torch.Tensor) -> torch.Tensor:
+        """d sign(x) / dx as seen by the backward pass."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SignSTE.apply(x, self.surrogate_grad)
+
+
+class HardSign(BinaryActivation):
+    """BNext activation: sign forward, straight-through gradient of clamp(x, -1.5, 1.5)."""
+
+    @staticmethod
+    def surrogate_grad(x):
+        return x.abs() <= HARD_RANGE
+
+
+class ApproxSign(BinaryActivation):
+    """ReCU activation: sign forward, piecewise-polynomial gradient ``max(0, 2 - 2|x|)`` (Bi-Real)."""
+
+    @staticmethod
+    def surrogate_grad(x):
+        return (2 - 2 * x.abs()).clamp(min=0)
+
+
+class BinaryConv2d(nn.Conv2d):
+    """Base of every binary convolution: convolves with :meth:`binary_weight` of ``weight``.
+
+    ``weight`` is the real-valued latent weight that the optimizer updates; the forward pass
+    sees only its binarized view, so counting tools treat this layer's MACs as BOPs.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__(in_chs, out_chs, kernel_size, stride=stride, padding=padding, bias=False)
+
+    def binary_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.binary_weight(), self.bias)
+
+
+class HardBinaryConv(BinaryConv2d):
+    """BNext weight binarizer: ``clamp(w / T, -1, 1)``, exactly ``sign(w)`` once ``T < 1e-7``.
+
+    No scaling factor: the BatchNorm that follows absorbs the magnitude. The gradient w.r.t.
+    the latent weight is the gradient w.r.t. the forward weight (identity straight-through),
+    and latent weights are clamped in place to [-1.5, 1.5] in training so they stay close
+    enough to zero to keep flipping sign.
+    """
+
+    def __init__(self, in_chs, out_chs, kernel_size, stride=1, padding=0, temperature: float = 1.0):
+        super().__init__(in_chs, out_chs, kernel_size, stride=stride, padding=padding)
+        self.register_buffer("temperature", torch.full((1,), float(temperature)))
+
+    def binary_weight(self) -> torch.Tensor:
+        w = self.weight
+        if self.training:
+            with torch.no_grad():
+                w.clamp_(-HARD_RANGE, HARD_RANGE)
+        t = self.temperature
+        # torch.where instead of a Python branch keeps the forward free of data-dependent
+        # control flow (meta-device counting, tracing for export).
+        forward_w = torch.where(t < MIN_TEMPERATURE, binarize(w), (w / t.clamp(min=1e-8)).clamp(-1, 1))
+        return w + (forward_w - w).detach()
+
+
+class ReCUConv2d(BinaryConv2d):
+    """ReCU weight binarizer with a learnable per-output-channel scale ``alpha``.
+
+    As in the ReCU reference implementation, each output channel's weights are standardized
+    (``w1 = 2*sqrt(2) * (w - mean) / std``, statistics over in-channels and kernel), while the
+    quantile ``Q_tau = -mean|w1| * ln(2 - 2*tau)`` is one value per layer. Weights beyond
+    ``Q_tau`` are clamped (their gradient is zero), the rest pass the sign straight through.
+    ``tau`` rises from 0.85 to 0.99 over training (:func:`recu_tau`).
+    """
+
+    def __init__(self, in_chs, out_chs, kernel_size, stride=1, padding=0, tau: float = 0.85):
+        super().__init__(in_chs, out_chs, kernel_size, stride=stride, padding=padding)
+        self.alpha = nn.Parameter(torch.rand(out_chs, 1, 1))
+        self.register_buffer("tau", torch.full((1,), float(tau)))
+
+    def standardized_weight(self) -> torch.Tensor:
+        w0 = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return 2 * math.sqrt(2) * w0 / torch.sqrt(w0.var(dim=(1, 2, 3), keepdim=True) + 1e-5)
+
+    def quantile(self, w1: torch.Tensor) -> torch.Tensor:
+        """``Q_tau`` for standardized weights ``w1`` (a constant for the gradient)."""
+        return (-w1.abs().mean() * torch.log(2 - 2 * self.tau)).detach()
+
+    def binary_weight(self) -> torch.Tensor:
+        w1 = self.standardized_weight()
+        q = self.quantile(w1)
+        w2 = torch.clamp(w1, -q, q)
+        return w2 + (binarize(w2) - w2).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.alpha
+
+
+class LearnableBias(nn.Module):
+    """Per-channel shift ("move") applied before the sign, so each channel learns its threshold."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+def binary_convs(model: nn.Module) -> Iterator[BinaryConv2d]:
+    """Every binary convolution of ``model``."""
+    return (m for m in model.modules() if isinstance(m, BinaryConv2d))
+
+
+def set_temperature(model: nn.Module, value: float) -> None:
+    """Set the temperature of every :class:`HardBinaryConv` (0 = pure sign)."""
+    for m in binary_convs(model):
+        if isinstance(m, HardBinaryConv):
+            m.temperature.fill_(value)
+
+
+def anneal_temperature(model: nn.Module, factor: float) -> None:
+    """Multiply the temperature of every :class:`HardBinaryConv` by ``factor`` (BNext: 0.9 per epoch)."""
+    for m in binary_convs(model):
+        if isinstance(m, HardBinaryConv):
+            m.temperature.mul_(factor)
+
+
+def recu_tau(epoch: float, epochs: int) -> float:
+    """ReCU schedule ``tau(e) = A*exp(e/E) + B``: 0.85 at epoch 0, 0.99 at epoch ``epochs``."""
+    a = (0.99 - 0.85) / (math.e - 1)
+    b = 0.85 - a
+    return a * math.exp(epoch / epochs) + b
+
+
+def set_recu_tau(model: nn.Module, tau: float) -> None:
+    """Set ``tau`` of every :class:`ReCUConv2d`."""
+    for m in binary_convs(model):
+        if isinstance(m, ReCUConv2d):
+            m.tau.fill_(tau)
+
+
+@torch.no_grad()
+def count_exact_binary(model: nn.Module) -> Tuple[int, int]:
+    """``(n_exact, n_total)``: binary convolutions whose forward weights are all exactly +-1."""
+    convs = list(binary_convs(model))
+    exact = sum(bool((m.binary_weight().abs() == 1).all()) for m in convs)
+    return exact, len(convs)

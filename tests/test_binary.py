@@ -1,0 +1,224 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.binary import (
+    ApproxSign,
+    BinaryConv2d,
+    HardBinaryConv,
+    HardSign,
+    LearnableBias,
+    ReCUConv2d,
+    anneal_temperature,
+    binary_convs,
+    count_exact_binary,
+    recu_tau,
+    set_recu_tau,
+    set_temperature,
+)
+
+
+def sign_and_grad(module, x):
+    x = x.clone().requires_grad_(True)
+    upstream = torch.arange(1.0, x.numel() + 1)
+    y = module(x)
+    (y * upstream).sum().backward()
+    return y.detach(), x.grad, upstream
+
+
+def test_hardsign_values_and_clamp_gradient():
+    x = torch.tensor([-2.0, -1.5, -1.49, -0.3, 0.0, 0.3, 1.5, 1.51, 7.0])
+    y, grad, upstream = sign_and_grad(HardSign(), x)
+    assert y.tolist() == [-1, -1, -1, -1, 1, 1, 1, 1, 1]  # sign(0) = +1
+    pass_through = torch.tensor([0, 1, 1, 1, 1, 1, 1, 0, 0.0])  # |x| <= 1.5 inclusive
+    assert torch.equal(grad, upstream * pass_through)
+
+
+def test_approxsign_values_and_polynomial_gradient():
+    x = torch.tensor([-1.2, -1.0, -0.5, 0.0, 0.25, 0.9, 3.0])
+    y, grad, upstream = sign_and_grad(ApproxSign(), x)
+    assert y.tolist() == [-1, -1, -1, 1, 1, 1, 1]
+    expected = upstream * torch.tensor([0.0, 0.0, 1.0, 2.0, 1.5, 0.2, 0.0])
+    assert torch.allclose(grad, expected)
+
+
+@pytest.mark.parametrize("act", [HardSign, ApproxSign])
+def test_activation_temperature_is_a_checkpoint_buffer_without_effect(act):
+    m = act()
+    assert "temperature" in dict(m.named_buffers()) and m.temperature.shape == (1,)
+    x = torch.randn(2, 3, 4, 4)
+    before = m(x)
+    m.temperature.fill_(1e-3)
+    assert torch.equal(m(x), before)
+
+
+def test_learnable_bias_shifts_each_channel():
+    m = LearnableBias(3)
+    assert m.bias.shape == (1, 3, 1, 1) and not m.bias.any()
+    with torch.no_grad():
+        m.bias.copy_(torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1))
+    x = torch.zeros(2, 3, 2, 2)
+    assert torch.equal(m(x)[1, :, 1, 0], torch.tensor([1.0, -2.0, 0.5]))
+
+
+def make_hard_conv(temperature, stride=1):
+    torch.manual_seed(0)
+    conv = HardBinaryConv(3, 4, 3, stride=stride, padding=1, temperature=temperature)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn_like(conv.weight) * 0.8)
+        conv.weight[0, 0, 0, 0] = 0.0
+    return conv
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.0, 5e-8])
+def test_hard_binary_conv_forward_weight_and_identity_ste(temperature):
+    conv = make_hard_conv(temperature, stride=2).eval()
+    w = conv.weight.detach().clone()
+    if temperature < 1e-7:
+        expected_w = torch.where(w >= 0, 1.0, -1.0)
+        assert expected_w[0, 0, 0, 0] == 1  # sign(0) = +1
+    else:
+        expected_w = torch.clamp(w / temperature, -1, 1)
+    assert torch.equal(conv.binary_weight(), expected_w)
+
+    x = torch.randn(2, 3, 8, 8)
+    x_ref = x.clone().requires_grad_(True)
+    w_ref = expected_w.clone().requires_grad_(True)
+    ref = F.conv2d(x_ref, w_ref, stride=2, padding=1)
+    x.requires_grad_(True)
+    out = conv(x)
+    assert torch.allclose(out, ref, atol=1e-6)
+    upstream = torch.randn_like(ref)
+    (out * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    # Identity straight-through: latent gradient = gradient w.r.t. the forward weight,
+    # even where clamp(w / T) saturates.
+    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=1e-5)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+
+
+def test_hard_binary_conv_clamps_latent_weights_only_in_training():
+    conv = make_hard_conv(1.0)
+    with torch.no_grad():
+        conv.weight[1, 2] = torch.tensor([[3.0, -2.0, 1.4], [-1.6, 0.2, 1.5], [9.0, -9.0, 0.0]])
+    x = torch.randn(1, 3, 5, 5)
+    conv.eval()(x)
+    assert conv.weight[1, 2, 0, 0] == 3.0
+    conv.train()(x)
+    expected = torch.tensor([[1.5, -1.5, 1.4], [-1.5, 0.2, 1.5], [1.5, -1.5, 0.0]])
+    assert torch.equal(conv.weight[1, 2], expected)
+    assert conv.weight.abs().max() <= 1.5
+
+
+def test_hard_binary_conv_two_forwards_share_one_backward():
+    """The siamese student applies one network to both views before a single backward."""
+    conv = make_hard_conv(0.0).train()
+    a, b = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)
+    (conv(a).sum() + conv(b).sum()).backward()
+    both = conv.weight.grad.clone()
+    conv.weight.grad = None
+    conv(a).sum().backward()
+    conv(b).sum().backward()
+    assert torch.allclose(both, conv.weight.grad, atol=1e-5)
+
+
+def recu_reference(w, tau):
+    """ReCU binarizer written out with masks instead of clamp (independent of the module)."""
+    out_chs = w.shape[0]
+    flat = w.reshape(out_chs, -1)
+    centered = flat - flat.mean(dim=1, keepdim=True)
+    n = flat.shape[1]
+    std = torch.sqrt((centered ** 2).sum(dim=1, keepdim=True) / (n - 1) + 1e-5)
+    w1 = (2 * math.sqrt(2) * centered / std).reshape_as(w)
+    q = -w1.abs().mean().item() * math.log(2 - 2 * tau)
+    inside = (w1.abs() <= q).to(w.dtype)
+    w2 = w1 * inside + q * torch.sign(w1).detach() * (1 - inside)
+    return w1, q, w2
+
+
+@pytest.mark.parametrize("tau", [0.85, 0.6])
+def test_recu_quantile_clamp_and_gradient_match_direct_computation(tau):
+    torch.manual_seed(1)
+    conv = ReCUConv2d(4, 5, 3, padding=1, tau=tau)
+    with torch.no_grad():
+        conv.weight.normal_(0.3, 0.7)
+    assert conv.alpha.shape == (5, 1, 1) and 0 <= conv.alpha.min() and conv.alpha.max() < 1
+
+    w_ref = conv.weight.detach().clone().requires_grad_(True)
+    w1, q, w2 = recu_reference(w_ref, tau)
+    assert conv.quantile(conv.standardized_weight()).item() == pytest.approx(q, rel=1e-5)
+    clamped = (w1.abs() > q)
+    assert clamped.any() and (~clamped).any()
+    expected_w = torch.where(w2 >= 0, 1.0, -1.0)
+    assert torch.equal(conv.binary_weight(), expected_w)
+
+    x = torch.randn(2, 4, 6, 6)
+    out = conv(x)
+    assert torch.allclose(out, F.conv2d(x, expected_w, padding=1) * conv.alpha.detach(), atol=1e-5)
+    # Straight-through inside the clamp: the backward is that of conv(x, w2).
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    (F.conv2d(x, w2, padding=1) * conv.alpha.detach() * upstream).sum().backward()
+    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=1e-4)
+
+
+def test_recu_clamped_weights_get_no_gradient():
+    torch.manual_seed(2)
+    conv = ReCUConv2d(4, 3, 1, tau=0.6)
+    w1 = conv.standardized_weight().detach().requires_grad_(True)
+    q = conv.quantile(w1)
+    w2 = torch.clamp(w1, -q, q)
+    (w2 + (torch.where(w2 >= 0, 1.0, -1.0) - w2).detach()).sum().backward()
+    assert torch.equal(w1.grad, (w1.abs() <= q).float())
+
+
+def test_recu_tau_schedule():
+    assert recu_tau(0, 120) == pytest.approx(0.85)
+    assert recu_tau(120, 120) == pytest.approx(0.99)
+    # A*exp(1/2)+B rewritten as 0.85 + 0.14*(sqrt(e)-1)/(e-1).
+    assert recu_tau(50, 100) == pytest.approx(0.85 + 0.14 * (math.sqrt(math.e) - 1) / (math.e - 1))
+    taus = [recu_tau(e, 10) for e in range(11)]
+    assert all(a < b for a, b in zip(taus, taus[1:]))
+
+
+def mixed_model():
+    return nn.Sequential(
+        HardBinaryConv(3, 3, 3, temperature=1.0),
+        nn.Sequential(nn.Conv2d(3, 3, 1), HardBinaryConv(3, 3, 1, temperature=0.5)),
+        ReCUConv2d(3, 3, 1),
+    )
+
+
+def test_binary_convs_finds_every_subclass_and_only_those():
+    model = mixed_model()
+    found = list(binary_convs(model))
+    assert [type(m) for m in found] == [HardBinaryConv, HardBinaryConv, ReCUConv2d]
+    assert all(isinstance(m, BinaryConv2d) for m in found)
+
+
+def test_temperature_and_tau_setters_touch_only_their_binarizer():
+    model = mixed_model()
+    anneal_temperature(model, 0.9)
+    anneal_temperature(model, 0.9)
+    assert model[0].temperature.item() == pytest.approx(0.81)
+    assert model[1][1].temperature.item() == pytest.approx(0.405)
+    set_recu_tau(model, 0.93)
+    assert model[2].tau.item() == pytest.approx(0.93)
+    set_temperature(model, 0.0)
+    assert model[0].temperature.item() == 0 and model[1][1].temperature.item() == 0
+    assert model[2].tau.item() == pytest.approx(0.93)
+
+
+def test_count_exact_binary_tracks_temperature():
+    torch.manual_seed(3)
+    model = mixed_model()
+    # T = 1 and T = 0.5 with Kaiming-uniform weights (|w| < 1): real-valued; ReCU is always +-1.
+    assert count_exact_binary(model) == (1, 3)
+    with torch.no_grad():
+        model[1][1].weight.fill_(0.7)
+    assert count_exact_binary(model) == (2, 3)  # clamp(0.7 / 0.5) = 1 everywhere
+    set_temperature(model, 0.0)
+    assert count_exact_binary(model) == (3, 3)
