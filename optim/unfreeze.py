@@ -1,0 +1,61 @@
+"""Bi-gradual unfreezing: head first, then the full-precision backbone, then the binary weights.
+
+A freshly initialised head sends large, noisy gradients; letting them reach pretrained binary
+latent weights flips signs the ImageNet training settled. The schedule lets the head settle
+first, then the full-precision parts adapt, and only then the binary weights.
+"""
+from utils.errors import UserError
+
+from .partition import partition_parameters
+
+__all__ = ["BiGradualUnfreezing"]
+
+_TRAINABLE = {
+    1: ("head",),
+    2: ("head", "full_precision"),
+    3: ("head", "full_precision", "binary"),
+}
+_PHASE_NAMES = {
+    1: "head only",
+    2: "head + full-precision backbone",
+    3: "all parameters (binary weights included)",
+}
+
+
+class BiGradualUnfreezing:
+    """Three training phases switched by epoch: ``[0, n1)``, ``[n1, n2)``, ``[n2, ∞)``.
+
+    ``n1 = n2 = 0`` trains everything from the start; ``n1 = n2`` skips phase 2 (the released
+    scripts use 20/20). Freezing sets ``requires_grad=False`` and clears ``.grad``: PyTorch
+    optimizers skip parameters without a gradient, so frozen parameters get no update at all,
+    weight decay and momentum included, and the optimizers can hold every parameter from the start.
+    """
+
+    def __init__(self, model, n1, n2):
+        if n1 < 0:
+            raise UserError(f"--bigradual_n1 must be >= 0, got {n1}")
+        if n2 < n1:
+            raise UserError(f"--bigradual_n2 ({n2}) must be >= --bigradual_n1 ({n1})")
+        self.n1, self.n2 = n1, n2
+        self.groups = partition_parameters(model)
+
+    def phase(self, epoch):
+        """Phase number (1, 2 or 3) of a 0-based epoch."""
+        if epoch < self.n1:
+            return 1
+        return 2 if epoch < self.n2 else 3
+
+    def apply(self, epoch):
+        """Set ``requires_grad`` for ``epoch`` and return its phase."""
+        phase = self.phase(epoch)
+        for group, params in self.groups.items():
+            trainable = group in _TRAINABLE[phase]
+            for _, param in params:
+                param.requires_grad_(trainable)
+                if not trainable:
+                    param.grad = None
+        return phase
+
+    @staticmethod
+    def phase_name(phase):
+        return _PHASE_NAMES[phase]
