@@ -2,6 +2,8 @@
 
 Importing the package registers every model name (see :func:`list_models`).
 """
+from . import bicrossnet, teacher  # noqa: F401  (registers bicrossnet_bnext_* and mccg_convnext_*)
 from .registry import build_model, is_model, list_models, register_model
+from .two_view import TwoViewNet
 
-__all__ = ["build_model", "is_model", "list_models", "register_model"]
+__all__ = ["TwoViewNet", "build_model", "is_model", "list_models", "register_model"]
