@@ -3,7 +3,9 @@ import torch
 import torch.nn as nn
 from timm.optim import Lion
 
-from models.binary import HardBinaryConv, ReCUConv2d
+from losses import BiCrossNetLoss
+from models import build_model
+from models.binary import BinaryConv2d, HardBinaryConv, ReCUConv2d
 from optim import (OPTIMIZER_CHOICES, BiGradualUnfreezing, build_optimizers, build_schedulers,
                    partition_parameters)
 from utils.errors import UserError
@@ -278,3 +280,28 @@ def test_schedulers_decay_each_optimizer_at_milestones():
     expected = [0.006, 0.006, 6e-4, 6e-4, 6e-5, 6e-5]
     assert [a for a, _ in lrs] == pytest.approx(expected)
     assert [b for _, b in lrs] == pytest.approx([e / 6 for e in expected])
+
+
+def test_bnext_student_partition_matches_design_figures():
+    model = build_model("bicrossnet_bnext_tiny", 5)
+    groups = partition_parameters(model)
+    assert sum(p.numel() for _, p in groups["binary"]) == pytest.approx(28.25e6, abs=5e3)  # DESIGN §2
+    modules = dict(model.named_modules())
+    assert all(name.endswith(".weight") and isinstance(modules[name[:-7]], BinaryConv2d)
+               for name, _ in groups["binary"])
+    assert {id(p) for _, p in groups["head"]} == {id(p) for p in model.head.parameters()}
+
+
+def test_bnext_student_first_phase_step_trains_only_the_head():
+    torch.manual_seed(0)
+    model = build_model("bicrossnet_bnext_tiny", 4).train()
+    optimizers = build_optimizers(model, "adamlion", 0.006)
+    BiGradualUnfreezing(model, n1=20, n2=20).apply(0)
+    before = _snapshot(model)
+    labels = torch.arange(4)
+    loss, _ = BiCrossNetLoss()(model(torch.randn(4, 3, 64, 64)), model(torch.randn(4, 3, 64, 64)), labels)
+    loss.backward()
+    for opt in optimizers.values():
+        opt.step()
+    changed = _changed(before, model)
+    assert changed and all(name.startswith("head.") for name in changed)
