@@ -66,15 +66,19 @@ def load_convnext_weights(model: nn.Module, path: str) -> None:
         state = load_state_dict(path)
     except Exception as err:  # torch.load raises many types for files that are not checkpoints
         raise UserError(f"--backbone_weights {path}: not a readable PyTorch checkpoint ({_first_line(err)})") from err
-    name = type(model).__name__
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--backbone_weights {path} holds no state dict (expected a dict of tensors, bare or "
+                        "under 'model' or 'state_dict')")
+    name = model.pretrained_cfg.get("architecture", "ConvNeXt")
     try:
         state = checkpoint_filter_fn(state, model)
-    except KeyError as err:
-        raise UserError(f"--backbone_weights {path}: key {err} does not belong to a ConvNeXt like this {name}") from err
+    except (KeyError, RuntimeError) as err:  # the filter looks up and reshapes original-layout keys
+        raise UserError(f"--backbone_weights {path} does not fit {name} ({type(err).__name__}: "
+                        f"{_first_line(err)})") from err
     state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
     mismatch = _mismatch_summary(model, state)
     if mismatch:
-        raise UserError(f"--backbone_weights {path} does not fit this ConvNeXt: {mismatch}")
+        raise UserError(f"--backbone_weights {path} does not fit {name}: {mismatch}")
     model.load_state_dict(state)
 
 

@@ -219,10 +219,19 @@ def test_teacher_loads_original_convnext_checkpoint(tmp_path):
 
 
 def test_teacher_weight_errors_are_user_errors(tmp_path):
+    femto_state = timm.create_model("convnext_femto", num_classes=0).state_dict()
     femto = tmp_path / "convnext_femto.pth"
-    torch.save(timm.create_model("convnext_femto", num_classes=0).state_dict(), femto)
-    with pytest.raises(UserError, match="wrong shape"):
+    torch.save(femto_state, femto)
+    with pytest.raises(UserError, match="does not fit convnext_atto: .*wrong shape"):
         build_model("mccg_convnext_atto", 5, backbone_weights=str(femto))
+    femto_original = tmp_path / "convnext_femto_1k_224.pth"
+    torch.save({"model": original_convnext_layout(femto_state)}, femto_original)
+    with pytest.raises(UserError, match="does not fit convnext_atto"):
+        build_model("mccg_convnext_atto", 5, backbone_weights=str(femto_original))
+    no_tensors = tmp_path / "log.pth"
+    torch.save({"epoch": 3, "lr": 0.01}, no_tensors)
+    with pytest.raises(UserError, match="holds no state dict"):
+        build_model("mccg_convnext_atto", 5, backbone_weights=str(no_tensors))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
