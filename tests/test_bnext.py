@@ -21,7 +21,7 @@ from models.bnext import (
 )
 from utils.errors import UserError
 
-COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "bnext_state_dict_keys.json"
+COMPAT = Path(__file__).resolve().parent / "fixtures" / "bnext_state_dict_keys.json"  # copy of shared/compat
 SIZES = list(BNEXT_CHANNELS)
 
 
