@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -406,7 +406,7 @@ def render_street(scene: Scene, size: int, rng: np.random.Generator) -> Image.Im
         step = max(4.0, (right_x - left) / 8)
         for wx in np.arange(left + step / 2, right_x - step / 2, step):
             for wy in np.arange(top + 0.25 * (bottom - top), bottom - step, step):
-                draw.rectangle([wx, wy, wx + step / 2, wy + step / 2], fill=tuple(int(c * 0.5) for c in b.wall))
+                draw.rectangle([wx, wy, wx + step / 2, wy + step / 2], fill=_colour(b.wall * 0.5))
     return _photometric(image.reduce(SUPERSAMPLE), rng, DRONE_LOOK)
 
 
@@ -431,17 +431,15 @@ class _Writer:
         self.root = root
         self.counts = {}
 
-    def folder(self, view: str, class_id: str) -> Path:
-        path = self.root / view / class_id
-        path.mkdir(parents=True, exist_ok=True)
-        self.counts.setdefault(view, {"classes": set(), "images": 0})["classes"].add(class_id)
-        return path
-
     def write(self, view: str, class_id: str, files: Sequence[Tuple[str, bytes]]):
-        folder = self.folder(view, class_id)
+        """Write ``(name, data)`` files into ``view/class_id/`` (created even when ``files`` is empty)."""
+        folder = self.root / view / class_id
+        folder.mkdir(parents=True, exist_ok=True)
         for name, data in files:
             (folder / name).write_bytes(data)
-        self.counts[view]["images"] += len(files)
+        count = self.counts.setdefault(view, {"classes": set(), "images": 0})
+        count["classes"].add(class_id)
+        count["images"] += len(files)
 
     def summary(self) -> dict:
         return {view: {"classes": len(c["classes"]), "images": c["images"]}
@@ -477,8 +475,18 @@ def _check_counts(**counts):
             raise UserError(f"--{name.replace('_', '-')} {value}: expected an integer >= {minimum}")
 
 
-def _drone_files(images, names) -> list:
-    return [(name, _encode(image)) for name, image in zip(names, images)]
+def _satellite(scene: Scene, seed: int, place: int, size: int) -> Image.Image:
+    return render(scene, satellite_view(scene.sun), size, _rng(seed, place, _SATELLITE), SATELLITE_LOOK)
+
+
+def _oblique_files(scene: Scene, size: int, names: Sequence[str], rngs, half_size: Callable,
+                   tilt: Tuple[float, float], look: Photometry = DRONE_LOOK) -> list:
+    """Encoded oblique renders, one per name; ``half_size(rng)`` draws each view's altitude."""
+    files = []
+    for name, rng in zip(names, rngs):
+        view = drone_view(rng, scene.sun, half_size(rng), tilt)
+        files.append((name, _encode(render(scene, view, size, rng, look, occlude=True))))
+    return files
 
 
 def generate_university(out, *, train_places: int = 40, test_places: int = 30,
@@ -505,28 +513,22 @@ def generate_university(out, *, train_places: int = 40, test_places: int = 30,
     for place in [*test_ids, *train_ids, *distractor_ids]:
         cid = f"{place:04d}"
         scene = make_scene(seed, place, image_size)
-        satellite = [(f"{cid}.jpg", _encode(render(scene, satellite_view(scene.sun), image_size,
-                                                   _rng(seed, place, _SATELLITE), SATELLITE_LOOK)))]
-        drones = []
-        for k in range(drones_per_place):
-            rng = _rng(seed, place, _DRONE, k)
-            view = drone_view(rng, scene.sun, rng.uniform(0.3, 0.5), (0.1, 0.45))
-            drones.append(render(scene, view, image_size, rng, DRONE_LOOK, occlude=True))
-        drones = _drone_files(drones, drone_names)
+        satellite = [(f"{cid}.jpg", _encode(_satellite(scene, seed, place, image_size)))]
+        drones = _oblique_files(scene, image_size, drone_names,
+                                (_rng(seed, place, _DRONE, k) for k in range(drones_per_place)),
+                                lambda rng: rng.uniform(0.3, 0.5), (0.1, 0.45))
         if place in train_ids:
             writer.write("train/satellite", cid, satellite)
             writer.write("train/drone", cid, drones)
-            writer.write("train/street", cid, [
-                (f"street-{k + 1:02d}.jpg", _encode(render_street(scene, image_size, _rng(seed, place, _STREET, k))))
-                for k in range(street_per_place)])
-            google = []
-            if place not in no_google:
-                for k in range(google_per_place):
-                    rng = _rng(seed, place, _GOOGLE, k)
-                    view = drone_view(rng, scene.sun, rng.uniform(0.2, 0.35), (0.35, 0.5))
-                    google.append((f"google-{k + 1:02d}.jpg", _encode(render(scene, view, image_size, rng,
-                                                                             GOOGLE_LOOK, occlude=True))))
-            writer.write("train/google", cid, google)
+            streets = [render_street(scene, image_size, _rng(seed, place, _STREET, k))
+                       for k in range(street_per_place)]
+            writer.write("train/street", cid, [(f"street-{k + 1:02d}.jpg", _encode(image))
+                                               for k, image in enumerate(streets)])
+            google = 0 if place in no_google else google_per_place
+            writer.write("train/google", cid, _oblique_files(
+                scene, image_size, [f"google-{k + 1:02d}.jpg" for k in range(google)],
+                (_rng(seed, place, _GOOGLE, k) for k in range(google)),
+                lambda rng: rng.uniform(0.2, 0.35), (0.35, 0.5), GOOGLE_LOOK))
             continue
         writer.write("test/gallery_satellite", cid, satellite)
         writer.write("test/gallery_drone", cid, drones)
@@ -563,16 +565,12 @@ def generate_sues(out, *, places: int = 50, train_places: int = 30, drones_per_p
         cid = f"{place:04d}"
         is_train = place <= train_places
         scene = make_scene(seed, place, image_size)
-        satellite = [("0.png", _encode(render(scene, satellite_view(scene.sun), image_size,
-                                              _rng(seed, place, _SATELLITE), SATELLITE_LOOK), "PNG"))]
+        satellite = [("0.png", _encode(_satellite(scene, seed, place, image_size), "PNG"))]
         for altitude in altitudes:
-            drones = []
-            for k in range(drones_per_place):
-                rng = _rng(seed, place, _DRONE, altitude, k)
-                half_size = SUES_HALF_SIZE_PER_METRE * altitude * rng.uniform(0.92, 1.08)
-                view = drone_view(rng, scene.sun, half_size, (0.05, 0.35))
-                drones.append(render(scene, view, image_size, rng, DRONE_LOOK, occlude=True))
-            drones = _drone_files(drones, drone_names)
+            drones = _oblique_files(scene, image_size, drone_names,
+                                    (_rng(seed, place, _DRONE, altitude, k) for k in range(drones_per_place)),
+                                    lambda rng: SUES_HALF_SIZE_PER_METRE * altitude * rng.uniform(0.92, 1.08),
+                                    (0.05, 0.35))
             if is_train:
                 writer.write(f"train/{altitude}/satellite", cid, satellite)
                 writer.write(f"train/{altitude}/drone", cid, drones)

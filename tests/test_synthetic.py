@@ -29,7 +29,8 @@ def colour_histogram(image, bins=8):
     return counts.ravel() / counts.sum()
 
 
-@pytest.mark.parametrize("generate, spec", [(generate_university, MICRO_UNIVERSITY), (generate_sues, MICRO_SUES)])
+@pytest.mark.parametrize("generate, spec", [(generate_university, MICRO_UNIVERSITY),
+                                            (generate_sues, MICRO_SUES)])
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, generate, spec):
     def files(name, seed):
         generate(tmp_path / name, seed=seed, **spec)
@@ -73,8 +74,8 @@ def test_university_layout(university_root, university_spec):
         assert names(test / "gallery_satellite" / cid) == [f"{cid}.jpg"]
         assert names(test / "gallery_drone" / cid) == drones
     for cid in test_ids:  # queries are the very files of the test places in the galleries
-        for query, gallery_view in (("query_drone", "gallery_drone"), ("query_satellite", "gallery_satellite")):
-            assert tree_bytes(test / query / cid) == tree_bytes(test / gallery_view / cid)
+        for view in ("drone", "satellite"):
+            assert tree_bytes(test / f"query_{view}" / cid) == tree_bytes(test / f"gallery_{view}" / cid)
 
     google = {cid: len(names(train / "google" / cid)) if (train / "google" / cid).is_dir() else 0
               for cid in train_ids}
@@ -102,7 +103,8 @@ def test_sues_layout(sues_root, sues_spec):
             assert tree_bytes(train / "drone" / cid) == tree_bytes(test / "gallery_drone" / cid)
     low, high = (sues_root / "test" / alt / "gallery_drone" / "0001" / "0.jpg" for alt in altitudes)
     assert low.read_bytes() != high.read_bytes()
-    satellites = {(sues_root / "test" / alt / "gallery_satellite" / "0001" / "0.png").read_bytes() for alt in altitudes}
+    satellites = {(sues_root / "test" / alt / "gallery_satellite" / "0001" / "0.png").read_bytes()
+                  for alt in altitudes}
     assert len(satellites) == 1
 
 
@@ -118,7 +120,8 @@ def test_summary_and_manifest_match_files(university_root, sues_root):
 def test_images_decode_to_rgb_of_requested_size(university_root, university_spec, sues_root, sues_spec):
     size = university_spec["image_size"]
     assert sues_spec["image_size"] == size
-    files = [p for root in (university_root, sues_root) for p in root.rglob("*") if p.suffix in (".jpg", ".jpeg", ".png")]
+    files = [p for root in (university_root, sues_root) for p in root.rglob("*")
+             if p.suffix in (".jpg", ".jpeg", ".png")]
     assert len(files) > 100
     for path in files:
         with Image.open(path) as image:
@@ -136,7 +139,8 @@ def _drone_satellite_pairs(test_dir):
 def test_drone_views_are_not_near_copies_of_the_satellite(university_root):
     satellites, drones = _drone_satellite_pairs(university_root / "test")
     own = np.array([np.abs(image - satellites[cid]).mean() for cid, image in drones])
-    other = np.array([np.abs(image - sat).mean() for cid, image in drones for c, sat in satellites.items() if c != cid])
+    other = np.array([np.abs(image - sat).mean() for cid, image in drones
+                      for c, sat in satellites.items() if c != cid])
     assert own.min() > 8  # a re-encoded or slightly shifted copy stays around 1-5
     # Raw pixels barely tell the own place from the others: matching has to be learned.
     assert own.mean() > 0.7 * other.mean()
@@ -159,8 +163,11 @@ def test_higher_altitude_sees_more_structure(sues_root, sues_spec):
         gradient = np.abs(np.diff(grey, axis=0))[:, :-1] + np.abs(np.diff(grey, axis=1))[:-1]
         return (gradient > 25).mean()
 
-    low, high = (np.mean([edge_density(p) for p in (sues_root / "test" / str(alt) / "gallery_drone").rglob("*.jpg")])
-                 for alt in (min(sues_spec["altitudes"]), max(sues_spec["altitudes"])))
+    def mean_density(altitude):
+        folder = sues_root / "test" / str(altitude) / "gallery_drone"
+        return np.mean([edge_density(p) for p in folder.rglob("*.jpg")])
+
+    low, high = mean_density(min(sues_spec["altitudes"])), mean_density(max(sues_spec["altitudes"]))
     assert high > 1.2 * low  # wider field of view: more, smaller buildings per pixel
 
 
