@@ -109,19 +109,22 @@ class HardBinaryConv(BinaryConv2d):
 
     No scaling factor: the BatchNorm that follows absorbs the magnitude. The gradient w.r.t.
     the latent weight is the gradient w.r.t. the forward weight (identity straight-through),
-    and latent weights are clamped in place to [-1.5, 1.5] in training so they stay close
-    enough to zero to keep flipping sign.
+    and latent weights are kept in [-1.5, 1.5] so they stay close enough to zero to keep
+    flipping sign: :meth:`constrain_` projects them after every optimizer step (see
+    :func:`apply_constraints_`). Projecting after the step rather than clamping in ``forward``
+    lets one network run on both views before a single backward.
     """
 
     def __init__(self, in_chs, out_chs, kernel_size, stride=1, padding=0, temperature: float = 1.0):
         super().__init__(in_chs, out_chs, kernel_size, stride=stride, padding=padding)
         self.register_buffer("temperature", torch.full((1,), float(temperature)))
 
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        self.weight.clamp_(-HARD_RANGE, HARD_RANGE)
+
     def binary_weight(self) -> torch.Tensor:
         w = self.weight
-        if self.training:
-            with torch.no_grad():
-                w.clamp_(-HARD_RANGE, HARD_RANGE)
         t = self.temperature
         # torch.where instead of a Python branch keeps the forward free of data-dependent
         # control flow (meta-device counting, tracing for export).
@@ -176,6 +179,14 @@ class LearnableBias(nn.Module):
 def binary_convs(model: nn.Module) -> Iterator[BinaryConv2d]:
     """Every binary convolution of ``model``."""
     return (m for m in model.modules() if isinstance(m, BinaryConv2d))
+
+
+def apply_constraints_(model: nn.Module) -> None:
+    """Project constrained parameters (latent binary weights, BNext mixing scales) back into
+    their ranges; call once before training and after every optimizer step."""
+    for module in model.modules():
+        if hasattr(module, "constrain_"):
+            module.constrain_()
 
 
 def set_temperature(model: nn.Module, value: float) -> None:

@@ -76,11 +76,14 @@ class BinaryUnit(nn.Module):
 
     def binary_branch(self, x: torch.Tensor) -> torch.Tensor:
         z = self.activation2(self.norm1(self.binary_conv(self.binary_activation(self.move(x)))))
-        if self.training:
-            with torch.no_grad():
-                self.scale.clamp_(0, 1)
-        mix = self.scale * self.pool(x) + (1 - self.scale) * z
+        scale = self.scale.clamp(0, 1)
+        mix = scale * self.pool(x) + (1 - scale) * z
         return self.se(mix) * z
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Keep the mixing scale in [0, 1] between optimizer steps (see ``apply_constraints_``)."""
+        self.scale.clamp_(0, 1)
 
 
 class PlainUnit(BinaryUnit):

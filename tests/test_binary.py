@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from models.binary import (
     ApproxSign,
+    apply_constraints_,
     BinaryConv2d,
     HardBinaryConv,
     HardSign,
@@ -100,17 +101,19 @@ def test_hard_binary_conv_forward_weight_and_identity_ste(temperature):
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
 
 
-def test_hard_binary_conv_clamps_latent_weights_only_in_training():
+def test_latent_weights_are_projected_by_apply_constraints_not_by_forward():
     conv = make_hard_conv(1.0)
     with torch.no_grad():
         conv.weight[1, 2] = torch.tensor([[3.0, -2.0, 1.4], [-1.6, 0.2, 1.5], [9.0, -9.0, 0.0]])
     x = torch.randn(1, 3, 5, 5)
-    conv.eval()(x)
+    before = conv.train()(x)
     assert conv.weight[1, 2, 0, 0] == 3.0
-    conv.train()(x)
+    apply_constraints_(nn.Sequential(conv))
     expected = torch.tensor([[1.5, -1.5, 1.4], [-1.5, 0.2, 1.5], [1.5, -1.5, 0.0]])
     assert torch.equal(conv.weight[1, 2], expected)
     assert conv.weight.abs().max() <= 1.5
+    # With T = 1 every |w| >= 1 saturates at ±1 either way: projecting changes no output.
+    assert torch.equal(conv(x), before)
 
 
 def test_hard_binary_conv_two_forwards_share_one_backward():

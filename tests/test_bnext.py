@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.binary import ApproxSign, HardBinaryConv, HardSign, ReCUConv2d, binary_convs, count_exact_binary
+from models.binary import (ApproxSign, HardBinaryConv, HardSign, ReCUConv2d, apply_constraints_, binary_convs,
+                           count_exact_binary)
 from models.bnext import (
     BNEXT_CHANNELS,
     BNext,
@@ -159,14 +160,25 @@ def test_stem_ends_at_batchnorm():
         assert torch.allclose(stem(x), expected, atol=1e-5)
 
 
-def test_scale_is_clamped_to_unit_interval_in_training():
-    u = PlainUnit(8, 1)
+def test_scale_acts_clamped_to_unit_interval_and_is_projected_by_apply_constraints():
+    torch.manual_seed(0)
+    u = PlainUnit(8, 1).train()
+    x = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
         u.scale.copy_(torch.linspace(-1, 2, 8).view(1, 8, 1, 1))
-    u.eval()(torch.randn(2, 8, 4, 4))
-    assert u.scale.min() == -1
-    u.train()(torch.randn(2, 8, 4, 4))
+    out = u(x)
+    assert u.scale.min() == -1  # forward reads the scale, never writes it
+    apply_constraints_(u)
     assert u.scale.min() == 0 and u.scale.max() == 1
+    assert torch.allclose(u(x), out, atol=1e-6)
+
+
+def test_unit_runs_twice_before_one_backward():
+    """The siamese student applies one network to both views before a single backward."""
+    u = PlainUnit(8, 1).train()
+    a, b = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    (u(a).sum() + u(b).sum()).backward()
+    assert u.scale.grad is not None and torch.isfinite(u.scale.grad).all()
 
 
 def test_temperature_argument_and_binarizers():
