@@ -1,0 +1,110 @@
+"""Export a trained run as a packed model file: binary conv weights at 1 bit each.
+
+The file is rebuilt with :func:`utils.packing.load_packed` (``test.py --packed FILE``). After
+writing it, the export reloads it, compares eval features with the float checkpoint's on a
+random batch at the run's input size, and prints what the packing saved.
+
+Example: ``python export.py --name bicrossnet --teacher mccg_teacher``
+"""
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError, exit_on_user_error
+from utils.packing import binary_weight_bytes, export_packed, load_packed, serialized_bytes
+from utils.run import load_opts, load_trained_model, resolve_run
+
+EXTRA_META = ("h", "w", "dataset", "altitude")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="run name: the run directory is <checkpoint_dir>/<name>")
+    parser.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
+    parser.add_argument("--which_epoch", default="last", help="'last' (last.pth) or an epoch number N (net_N.pth)")
+    parser.add_argument("--out", default=None,
+                        help="packed file to write (default <run_dir>/<checkpoint>_packed.pt, e.g. last_packed.pt)")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher run (name under --checkpoint_dir, or a run directory) to list its size beside")
+    parser.add_argument("--verify_batch", type=int, default=2, help="random images compared after reloading")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random verification batch")
+    args = parser.parse_args(argv)
+    if args.verify_batch < 1:
+        raise UserError(f"--verify_batch must be a positive integer, got {args.verify_batch}")
+    return args
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def checkpoint_sizes(path: Path, checkpoint: dict) -> dict:
+    """Float weights alone (a bare state dict) and the whole training checkpoint file."""
+    return {"weights": serialized_bytes(checkpoint["model"]), "file": os.path.getsize(path)}
+
+
+def teacher_sizes(teacher: str, checkpoint_dir: str):
+    """``(model name, sizes)`` of the teacher run's last checkpoint; the network is not built."""
+    candidate = Path(checkpoint_dir) / teacher
+    run_dir, path = resolve_run(candidate if candidate.is_dir() else Path(teacher))
+    return load_opts(run_dir)["model"], checkpoint_sizes(path, load_checkpoint(path))
+
+
+def size_table(label: str, model: torch.nn.Module, sizes: dict, packed_file: int, teacher=None) -> str:
+    binary = binary_weight_bytes(model)
+    rows = [
+        (f"{label}: float weights (state dict only)", mib(sizes["weights"]), ""),
+        (f"{label}: training checkpoint file", mib(sizes["file"]), ""),
+        (f"{label}: packed file", mib(packed_file), f"{sizes['weights'] / packed_file:.2f}x smaller than float weights"),
+        (f"binary conv weights ({binary['binary_params'] / 1e6:.2f} M), float32", mib(binary["float32_bytes"]), ""),
+        ("binary conv weights, packed", mib(binary["packed_bytes"]),
+         f"{binary['float32_bytes'] / max(binary['packed_bytes'], 1):.0f}x smaller"),
+    ]
+    if teacher is not None:
+        name, t_sizes = teacher
+        rows += [(f"teacher {name}: float weights (state dict only)", mib(t_sizes["weights"]),
+                  f"{t_sizes['weights'] / packed_file:.2f}x the packed student"),
+                 (f"teacher {name}: training checkpoint file", mib(t_sizes["file"]), "")]
+    lines = ["| what | size | ratio |", "|---|---:|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
+def max_feature_difference(model_a, model_b, batch: int, h: int, w: int, seed: int) -> float:
+    x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    return (model_a(x) - model_b(x)).abs().max().item()
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    run_dir, checkpoint_path = resolve_run(Path(args.checkpoint_dir) / args.name, args.which_epoch)
+    model, opts, checkpoint = load_trained_model(checkpoint_path)
+    missing = [key for key in ("h", "w") if key not in opts]
+    if missing:
+        raise UserError(f"{run_dir / 'opts.yaml'} has no {', '.join(missing)} entry; expected opts.yaml written by train.py")
+    out = Path(args.out) if args.out else run_dir / f"{checkpoint_path.stem}_packed.pt"
+    if out.resolve() == checkpoint_path.resolve():
+        raise UserError(f"--out {out} would overwrite the checkpoint being exported; choose another file")
+    export_packed(model, opts["model"], opts["model_options"], opts["num_classes"],
+                  {key: opts.get(key) for key in EXTRA_META}, out)
+    print(f"wrote {out}")
+
+    packed, meta = load_packed(out)
+    diff = max_feature_difference(model, packed, args.verify_batch, meta["h"], meta["w"], args.seed)
+    print(f"verification: eval features of {args.verify_batch} random {meta['h']}x{meta['w']} images, "
+          f"max abs difference {diff:g}")
+    # Both models run on CPU with the same forward weights, so their features must be bitwise equal.
+    if diff != 0:
+        out.unlink()
+        raise UserError(f"the packed model's features differ from {checkpoint_path}'s by {diff:g}; {out} was removed")
+
+    teacher = teacher_sizes(args.teacher, args.checkpoint_dir) if args.teacher else None
+    print(size_table(opts["model"], model, checkpoint_sizes(checkpoint_path, checkpoint), os.path.getsize(out), teacher))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Packed model files: sign bit packing, exact reload of BNext-T students, sizes, and refusals."""
+import contextlib
+import io
+import math
+import os
+
+import pytest
+import torch
+
+import export
+from models import build_model
+from models.binary import HardBinaryConv, ReCUConv2d
+from models.bnext import BNEXT_CHANNELS
+from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
+from utils.packing import (FORMAT_VERSION, signs_restore_exactly, binary_weight_bytes, export_packed, load_packed,
+                           pack_signs, packed_bytes, serialized_bytes, unpack_signs)
+from utils.run import save_opts
+
+STUDENT = "bicrossnet_bnext_tiny"
+NUM_CLASSES = 7
+SIZE = 64
+META = {"h": SIZE, "w": SIZE, "dataset": "university", "altitude": None}
+
+
+def random_signs(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 3, 3), (1,), (7,), (9,), (2, 13), (16, 4, 1, 1)])
+def test_pack_unpack_round_trip(shape):
+    signs = random_signs(shape, seed=len(shape))
+    bits, packed_shape = pack_signs(signs)
+    n = math.prod(shape)
+    assert packed_shape == shape
+    assert bits.dtype == torch.uint8 and bits.numel() == math.ceil(n / 8) == packed_bytes(n)
+    assert torch.equal(unpack_signs(bits, shape), signs)
+
+
+def test_bit_order_is_most_significant_first_and_padding_is_zero():
+    signs = torch.tensor([1, -1, -1, -1, -1, -1, -1, 1, 1, 1, -1], dtype=torch.float32)
+    bits, _ = pack_signs(signs)
+    assert bits.tolist() == [0b10000001, 0b11000000]
+    assert unpack_signs(torch.tensor([0b01000000], dtype=torch.uint8), (2,)).tolist() == [-1, 1]
+
+
+@pytest.mark.parametrize("values", [[1.0, 0.0, -1.0], [0.5, -1.0]])
+def test_pack_refuses_values_other_than_signs(values):
+    with pytest.raises(ValueError, match="exactly"):
+        pack_signs(torch.tensor(values))
+
+
+def test_unpack_refuses_wrong_byte_count():
+    with pytest.raises(ValueError, match="need 2 uint8 bytes"):
+        unpack_signs(torch.zeros(1, dtype=torch.uint8), (9,))
+
+
+def randomize(model, seed=0):
+    """Random full-precision state (BN statistics, affine, PReLU slopes, biases) so features depend on all of it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not name.endswith(("temperature", "tau", "binary_conv.weight")):
+                tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5 if name.endswith("running_var")
+                             else torch.randn(tensor.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def features(model, seed=1):
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return model(x)
+
+
+def write_run(run_dir, model_name, model, options):
+    """A run directory as train.py leaves it: opts.yaml and last.pth."""
+    save_opts(run_dir, {"model": model_name, "model_options": options, "num_classes": NUM_CLASSES, **META})
+    save_checkpoint({"model": model.state_dict(), "epoch": 3, "optimizer": {}}, run_dir / "last.pth")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A BNext-T student run with random weights exported by the CLI: (model, packed path, features, output)."""
+    root = tmp_path_factory.mktemp("runs")
+    model = randomize(build_model(STUDENT, NUM_CLASSES))
+    write_run(root / "student", STUDENT, model, {"block": 2, "binarizer": "bnext"})
+    write_run(root / "teacher", "mccg_convnext_atto", build_model("mccg_convnext_atto", NUM_CLASSES), {"block": 2})
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        export.main(["--name", "student", "--checkpoint_dir", str(root), "--teacher", "teacher"])
+    return model, root / "student" / "last_packed.pt", features(model), output.getvalue()
+
+
+def test_packed_bnext_tiny_reproduces_features_exactly(exported):
+    model, path, expected, _ = exported
+    packed, meta = load_packed(path)
+    assert not packed.training
+    assert torch.equal(features(packed), expected)
+    assert expected.abs().max() > 0 and expected.std() > 0
+    assert {k: meta[k] for k in ("model", "h", "w", "dataset", "altitude", "num_classes")} == {
+        "model": STUDENT, "h": SIZE, "w": SIZE, "dataset": "university", "altitude": None, "num_classes": NUM_CLASSES}
+    package = torch.load(path, weights_only=True)
+    assert package["latent"] == {}
+    assert not any(k.endswith("binary_conv.weight") for k in package["state"])
+
+
+def bnext_binary_weights(size):
+    """Binary conv weights of BNext counted from the design's channel list: per block a 3x3 unit at the
+    input width, then one 1x1 unit, or two (each in -> in) where the width doubles."""
+    ch = BNEXT_CHANNELS[size]
+    return sum(9 * ch[i - 1] ** 2 + (2 if ch[i] != ch[i - 1] else 1) * ch[i - 1] ** 2 for i in range(1, len(ch)))
+
+
+def test_packed_file_stores_binary_weights_at_one_bit(exported):
+    model, path, _, _ = exported
+    n = bnext_binary_weights("tiny")
+    assert abs(n - 28.25e6) < 0.01e6  # DESIGN.md: BNext-T has 28.25 M binary conv weights
+    sizes = binary_weight_bytes(model)
+    assert sizes == {"binary_params": n, "float32_bytes": 4 * n, "packed_bytes": n // 8}
+    assert sizes["float32_bytes"] == 32 * sizes["packed_bytes"]
+    full_precision = sum(v.numel() * v.element_size() for k, v in model.state_dict().items()
+                         if not k.endswith("binary_conv.weight"))
+    file_size = os.path.getsize(path)
+    # Packed bits + unchanged full-precision tensors; the rest is names and zip headers.
+    assert n // 8 + full_precision <= file_size <= n // 8 + full_precision + 512 * 1024
+    assert serialized_bytes(model.state_dict()) > 6 * file_size
+
+
+def test_packed_recu_student_reproduces_features_exactly(tmp_path):
+    model = randomize(build_model(STUDENT, NUM_CLASSES, binarizer="recu"), seed=3)
+    dead = model.backbone.feature[3].FFN.binary_conv
+    with torch.no_grad():
+        dead.weight[5] = 0.1  # equal latents: the rounded channel mean exceeds 0.1, so the forward is all -1
+    assert dead.binary_weight()[5].eq(-1).all()
+    path = tmp_path / "recu.pt"
+    export_packed(model, STUDENT, {"binarizer": "recu"}, NUM_CLASSES, META, path)
+    latent = torch.load(path, weights_only=True)["latent"]
+    assert list(latent) == ["backbone.feature.3.FFN.binary_conv"]  # +-1 latents would give that channel +1
+    packed, _ = load_packed(path)
+    assert torch.equal(features(packed), features(model))
+
+
+def test_sign_latent_restores_each_binarizer():
+    recu = ReCUConv2d(8, 4, 3)
+    assert signs_restore_exactly(recu, recu.binary_weight().detach())
+    # A channel of equal +-1 latents standardizes to zeros, whose sign is +1: all -1 cannot come back.
+    all_negative = torch.ones(4, 8, 3, 3)
+    all_negative[0] = -1
+    assert not signs_restore_exactly(recu, all_negative)
+    conv = HardBinaryConv(8, 4, 3, temperature=0.0)
+    assert signs_restore_exactly(conv, conv.binary_weight().detach())
+    hot = HardBinaryConv(8, 4, 3, temperature=2.0)
+    with torch.no_grad():
+        hot.weight.copy_(random_signs(hot.weight.shape) * 3)  # |w| / T >= 1: forward is +-1 ...
+    signs = hot.binary_weight().detach()
+    assert signs.abs().eq(1).all()
+    assert not signs_restore_exactly(hot, signs)  # ... but latent +-1 would give +-0.5
+
+
+def test_export_refuses_a_model_that_is_not_binary_yet(tmp_path):
+    model = build_model(STUDENT, NUM_CLASSES, temperature=1.0).eval()
+    path = tmp_path / "fp.pt"
+    with pytest.raises(UserError, match=r"not exactly \+-1.*temperature 1.*--temperature 0"):
+        export_packed(model, STUDENT, {"temperature": 1.0}, NUM_CLASSES, META, path)
+    assert not path.exists()
+
+
+def tampered(exported, tmp_path, change):
+    package = torch.load(exported[1], weights_only=True)
+    change(package)
+    path = tmp_path / "tampered.pt"
+    save_checkpoint(package, path)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["meta"].update(model="mccg_convnext_atto", model_options={}), "does not fit model 'mccg_convnext_atto'"),
+    (lambda p: p["meta"]["model_options"].update(block=1), "does not match model"),
+    (lambda p: p["meta"]["model_options"].update(binarizer="recu"), "does not match model"),
+    (lambda p: p["meta"]["model_options"].update(binarizer="xnor"), "cannot build"),
+    (lambda p: p["meta"].update(num_classes=NUM_CLASSES + 1), "does not match model"),
+    (lambda p: p["meta"].update(model="resnet50"), "does not know"),
+    (lambda p: p.update(format_version=FORMAT_VERSION + 1), "format version 2"),
+    (lambda p: p.pop("format"), "not a packed BiCrossNet model"),
+    (lambda p: p.pop("state"), "corrupted"),
+    (lambda p: p["binary"]["backbone.feature.3.FFN.binary_conv"].update(bits=torch.zeros(3, dtype=torch.uint8)),
+     "corrupted: binary weights of backbone.feature.3.FFN"),
+    (lambda p: p["state"]["backbone.feature.3.FFN.binary_conv.temperature"].fill_(2.0),
+     "restored forward weights of backbone.feature.3.FFN.binary_conv differ"),
+])
+def test_load_rejects_a_file_that_does_not_fit(exported, tmp_path, change, message):
+    path = tampered(exported, tmp_path, change)
+    with pytest.raises(UserError, match=message) as err:
+        load_packed(path)
+    assert str(path) in str(err.value)
+
+
+def test_load_rejects_truncated_foreign_and_missing_files(exported, tmp_path):
+    data = exported[1].read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    checkpoint = tmp_path / "last.pth"
+    torch.save({"model": exported[0].state_dict(), "epoch": 1}, checkpoint)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    for path, message in ((truncated, "not a readable packed model file"), (checkpoint, "not a packed BiCrossNet"),
+                          (text, "not a readable packed model file"), (tmp_path / "absent.pt", "does not exist")):
+        with pytest.raises(UserError, match=message):
+            load_packed(path)
+
+
+def test_export_cli_writes_verifies_and_reports_sizes(exported):
+    model, path, _, out = exported
+    assert f"wrote {path}" in out
+    assert "max abs difference 0\n" in out
+    weights_mib = serialized_bytes(model.state_dict()) / 2**20
+    assert f"| {STUDENT}: float weights (state dict only) | {weights_mib:.2f} MiB |  |" in out
+    assert f"| {STUDENT}: packed file | {os.path.getsize(path) / 2**20:.2f} MiB |" in out
+    assert "| binary conv weights, packed | 3.37 MiB | 32x smaller |" in out
+    assert "| teacher mccg_convnext_atto: float weights (state dict only) |" in out
+
+
+def test_export_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--name", "missing", "--checkpoint_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: ")
