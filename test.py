@@ -1,0 +1,177 @@
+"""Evaluate a trained run on the University-1652 or SUES-200 test split (DESIGN.md section 4).
+
+    python test.py --name RUN --test_dir data/University-1652/test [--mode both]
+    python test.py --name RUN --test_dir data/SUES-200/test --altitude all
+
+The network is rebuilt from ``<checkpoint_dir>/<name>/opts.yaml`` and its checkpoint; the
+dataset kind, altitude and input size default to the run's own. Per direction it prints the
+familiar ``Recall@1:.. Recall@5:.. Recall@10:.. Recall@top1:.. AP:..`` line and records the
+metrics in ``<run>/results.json`` under ``"<dataset>[/<altitude>]/<direction>"``, next to the
+results of earlier evaluations.
+
+``--export_mat`` writes the features in the University-1652 ``pytorch_result.mat`` format
+(query_f, query_label, query_path, gallery_f, gallery_label, gallery_path); when one call
+evaluates several directions or altitudes, each file is named
+``pytorch_result_<tag>.mat`` with tags such as ``drone_to_satellite`` or
+``150m_satellite_to_drone``. ``--visualize K`` saves ``retrieval_<tag>.png``: K queries and their
+top-10 gallery images, matches framed green and mistakes red.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import scipy.io
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.test import MODE_NAMES, build_test_sets
+from utils.checkpoint import atomic_write_text
+from utils.errors import UserError, exit_on_user_error
+from utils.features import extract_features
+from utils.metrics import evaluate_retrieval, format_metrics
+from utils.run import checkpoint_name, load_opts, load_trained_model
+from utils.visualize import save_retrieval_grid
+
+SUES_ALTITUDES = (150, 200, 250, 300)
+RESULTS_FILE = "results.json"
+DATASET_TITLES = {"university": "University-1652", "sues": "SUES-200"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="run name; the run directory is <checkpoint_dir>/<name>/")
+    p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
+    p.add_argument("--test_dir", required=True,
+                   help="test folder: University-1652/test, or SUES-200/test (holding one folder per altitude)")
+    p.add_argument("--which_epoch", default="last", help="checkpoint to evaluate: 'last' or an epoch number N (net_N.pth)")
+    p.add_argument("--mode", default="both", choices=["1", "2", "both"],
+                   help="1 = Satellite->Drone, 2 = Drone->Satellite, both = 1 then 2")
+    p.add_argument("--altitude", default=None, choices=[*map(str, SUES_ALTITUDES), "all"],
+                   help="SUES-200 altitude (default: the run's training altitude); 'all' evaluates all four")
+    p.add_argument("--h", type=int, default=None, help="input height (default: the run's)")
+    p.add_argument("--w", type=int, default=None, help="input width (default: the run's)")
+    p.add_argument("--batchsize", type=int, default=64, help="images per forward pass")
+    p.add_argument("--num_workers", type=int, default=4, help="data-loading processes")
+    p.add_argument("--on_bad_image", default="error", choices=["error", "skip"],
+                   help="unreadable test image: stop with its name, or leave it out of the evaluation")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto picks CUDA when present")
+    p.add_argument("--amp", action="store_true", help="float16 autocast for feature extraction on CUDA")
+    p.add_argument("--no_flip", action="store_true", help="skip the horizontal-flip test-time augmentation")
+    p.add_argument("--export_mat", action="store_true", help="also write the features as pytorch_result*.mat")
+    p.add_argument("--visualize", type=int, default=0, metavar="K",
+                   help="save a PNG of K queries with their top-10 gallery images (0: none)")
+    return p
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def evaluation_plan(args, opts: dict):
+    """(dataset, [altitudes], [modes]); altitude None for University-1652."""
+    dataset = opts.get("dataset", "university")
+    if dataset == "sues":
+        altitude = args.altitude or opts.get("altitude")
+        altitudes = list(SUES_ALTITUDES) if altitude == "all" else [None if altitude is None else int(altitude)]
+    elif args.altitude is not None:
+        raise UserError(f"--altitude applies to SUES-200 runs only; run {args.name!r} was trained on {dataset!r}")
+    else:
+        altitudes = [None]
+    modes = [1, 2] if args.mode == "both" else [int(args.mode)]
+    return dataset, altitudes, modes
+
+
+def result_key(dataset: str, altitude, mode: int) -> str:
+    return "/".join([dataset] + ([str(altitude)] if altitude is not None else []) + [MODE_NAMES[mode]])
+
+
+def file_tag(altitude, mode: int) -> str:
+    direction = MODE_NAMES[mode].lower().replace("->", "_to_")
+    return direction if altitude is None else f"{altitude}m_{direction}"
+
+
+def load_results(path: Path) -> dict:
+    """Earlier results of the run, read before evaluating so a damaged file fails fast."""
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); fix or delete it") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path} does not hold a JSON object; fix or delete it")
+    return results
+
+
+def export_mat(path: Path, query_set, query_features, gallery_set, gallery_features) -> None:
+    scipy.io.savemat(path, {
+        "query_f": query_features.numpy(), "query_label": query_set.labels.numpy(), "query_path": query_set.paths,
+        "gallery_f": gallery_features.numpy(), "gallery_label": gallery_set.labels.numpy(),
+        "gallery_path": gallery_set.paths})
+
+
+def extract(model, images, args, device, desc: str):
+    """Unit-norm descriptors of a query or gallery set, in the set's order."""
+    loader = DataLoader(images, batch_size=args.batchsize, shuffle=False, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda")
+    return extract_features(model, loader, device, amp=args.amp, flip=not args.no_flip, desc=desc)[0]
+
+
+def print_table(dataset: str, rows: dict) -> None:
+    """Recall@1 and AP of every (altitude, direction) evaluated, one line per altitude."""
+    modes = sorted({mode for _, mode in rows})
+    print(f"{DATASET_TITLES[dataset]} summary (Recall@1 / AP)")
+    print("altitude  " + "  ".join(f"{MODE_NAMES[m]:>17}" for m in modes))
+    for altitude in sorted({a for a, _ in rows}):
+        cells = [f"{rows[altitude, m]['recall@1']:7.2f} / {rows[altitude, m]['ap']:6.2f}" for m in modes]
+        print(f"{altitude:>6} m  " + "  ".join(f"{c:>17}" for c in cells))
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batchsize < 1 or args.num_workers < 0 or args.visualize < 0:
+        raise UserError("--batchsize must be >= 1, --num_workers and --visualize >= 0")
+    run_dir = Path(args.checkpoint_dir) / args.name
+    opts = load_opts(run_dir)
+    dataset, altitudes, modes = evaluation_plan(args, opts)
+    device = resolve_device(args.device)
+    h, w = args.h or opts["h"], args.w or opts["w"]
+    # Test folders and earlier results are checked before the (slow) model load: bad input fails at once.
+    test_sets = {(altitude, mode): build_test_sets(args.test_dir, dataset, altitude, mode, h, w, args.on_bad_image)
+                 for altitude in altitudes for mode in modes}
+    results_path = run_dir / RESULTS_FILE
+    results, table = load_results(results_path), {}
+    model, _, checkpoint = load_trained_model(run_dir, args.which_epoch, opts=opts)
+    model.to(device)
+    source = checkpoint_name(args.which_epoch)
+
+    for (altitude, mode), (query_set, gallery_set) in test_sets.items():
+        qf = extract(model, query_set, args, device, "query")
+        gf = extract(model, gallery_set, args, device, "gallery")
+        metrics = evaluate_retrieval(qf.to(device), query_set.labels, gf.to(device), gallery_set.labels)
+        where = f" {altitude} m" if altitude is not None else ""
+        print(f"{DATASET_TITLES[dataset]}{where} {MODE_NAMES[mode]}: {len(query_set)} queries, "
+              f"{len(gallery_set)} gallery images ({args.name}/{source})")
+        print(format_metrics(metrics))
+        results[result_key(dataset, altitude, mode)] = dict(
+            metrics, checkpoint=source, epoch=checkpoint.get("epoch"),
+            num_queries=len(query_set), num_gallery=len(gallery_set), h=h, w=w, flip=not args.no_flip)
+        atomic_write_text(results_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+        table[altitude, mode] = metrics
+        tag = file_tag(altitude, mode)
+        if args.export_mat:
+            export_mat(run_dir / (f"pytorch_result_{tag}.mat" if len(test_sets) > 1 else "pytorch_result.mat"),
+                       query_set, qf, gallery_set, gf)
+        if args.visualize:
+            save_retrieval_grid(run_dir / f"retrieval_{tag}.png", query_set.paths, query_set.labels, qf,
+                                gallery_set.paths, gallery_set.labels, gf, num_queries=args.visualize)
+    if len(altitudes) > 1:
+        print_table(dataset, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
