@@ -249,6 +249,7 @@ class Trainer:
                             f"batch of {args.batchsize}×{ctx.world_size}; lower --batchsize")
 
         weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
+        torch.manual_seed(args.seed)  # identical initial weights on every process and every run
         self.model = build_model(args.model, self.num_classes, **model_options(args), **weights).to(self.device)
         apply_constraints_(self.model)
         self.teacher = load_teacher(args.teacher_path, self.num_classes, self.device, logger) \

@@ -1,0 +1,135 @@
+"""train.py end to end on tiny synthetic data: losses fall, phases unfreeze in order, resume is exact,
+distillation and DDP run, and bad flags fail with one clear line."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from models import build_model
+from optim.partition import partition_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def base_args(root, ckpt, name, *extra):
+    return ["--name", name, "--checkpoint_dir", str(ckpt), "--data_dir", str(root / "train"), "--h", "32",
+            "--w", "32", "--batchsize", "3", "--num_workers", "0", "--device", "cpu", *extra]
+
+
+def losses(run_dir, key="total"):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [float(row[key]) for row in csv.DictReader(f)]
+
+
+def state(run_dir, which="last.pth"):
+    return torch.load(run_dir / which, map_location="cpu", weights_only=False)["model"]
+
+
+def test_student_loss_decreases(university_root, tmp_path):
+    args = base_args(university_root, tmp_path, "student", "--epochs", "6", "--lr", "0.001",
+                     "--bigradual_n1", "0", "--bigradual_n2", "0", "--no-DA", "--erasing_p", "0")
+    assert train.main(args) == 0
+    run = tmp_path / "student"
+    totals = losses(run)
+    assert len(totals) == 6
+    assert totals[-1] < 0.9 * totals[0], totals
+    assert {"opts.yaml", "train.log", "metrics.csv", "loss_curve.png", "last.pth", "net_006.pth"} <= \
+        {p.name for p in run.iterdir()}
+
+
+def test_teacher_loss_decreases_with_sgd_recipe(university_root, tmp_path):
+    args = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
+                     "--lr", "0.003", "--epochs", "6", "--sample_num", "2", "--bigradual_n1", "0", "--bigradual_n2",
+                     "0", "--no-DA", "--erasing_p", "0")
+    assert train.main(args) == 0
+    totals = losses(tmp_path / "teacher")
+    assert totals[-1] < 0.9 * totals[0], totals
+
+
+def test_bigradual_phases_update_head_then_full_precision_then_binary(university_root, tmp_path):
+    args = base_args(university_root, tmp_path, "phases", "--epochs", "3", "--bigradual_n1", "1",
+                     "--bigradual_n2", "2", "--save_every", "1", "--seed", "5")
+    assert train.main(args) == 0
+    run = tmp_path / "phases"
+    torch.manual_seed(5)
+    initial = build_model("bicrossnet_bnext_tiny", 6, block=2, head_input="spatial", binarizer="bnext",
+                          temperature=0.0).state_dict()
+    after = [state(run, f"net_00{e}.pth") for e in (1, 2, 3)]
+    groups = {g: [n for n, _ in params] for g, params in
+              partition_parameters(build_model("bicrossnet_bnext_tiny", 6)).items()}
+
+    def changed(a, b, group):
+        return [n for n in groups[group] if not torch.equal(a[n], b[n])]
+
+    # Epoch 1: only the head moves.
+    assert changed(initial, after[0], "head")
+    assert not changed(initial, after[0], "full_precision") and not changed(initial, after[0], "binary")
+    # Epoch 2: full-precision backbone parameters join; binary latent weights stay put.
+    assert changed(after[0], after[1], "full_precision")
+    assert not changed(after[0], after[1], "binary")
+    # Epoch 3: binary latent weights train too.
+    assert changed(after[1], after[2], "binary")
+    log = (run / "train.log").read_text()
+    assert log.index("phase 1") < log.index("phase 2") < log.index("phase 3")
+
+
+def test_resume_reproduces_uninterrupted_run(university_root, tmp_path):
+    common = ("--bigradual_n1", "1", "--bigradual_n2", "2", "--steps", "2", "--seed", "3")
+    assert train.main(base_args(university_root, tmp_path, "full", "--epochs", "3", *common)) == 0
+    assert train.main(base_args(university_root, tmp_path, "split", "--epochs", "2", *common)) == 0
+    assert train.main(base_args(university_root, tmp_path, "split", "--epochs", "3", "--resume")) == 0
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+    full, split = state(tmp_path / "full"), state(tmp_path / "split")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_distillation_from_a_teacher_run(university_root, tmp_path):
+    teacher = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
+                        "--lr", "0.01", "--epochs", "1", "--bigradual_n1", "0", "--bigradual_n2", "0")
+    assert train.main(teacher) == 0
+    for mode in ("kl", "mse"):
+        student = base_args(university_root, tmp_path, f"student_{mode}", "--epochs", "1", "--teacher_path",
+                            str(tmp_path / "teacher"), "--kd_mode", mode, "--kd_weight", "2")
+        assert train.main(student) == 0
+        kd, = losses(tmp_path / f"student_{mode}", "kd")
+        ce, = losses(tmp_path / f"student_{mode}", "ce")
+        triplet, = losses(tmp_path / f"student_{mode}", "triplet")
+        total, = losses(tmp_path / f"student_{mode}", "total")
+        assert kd > 0
+        assert total == pytest.approx(ce + triplet + 2 * kd, rel=1e-4)
+
+
+def test_ddp_with_two_gloo_processes(university_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(REPO / "train.py"), *base_args(university_root, tmp_path, "ddp", "--epochs", "2", "--bigradual_n1",
+                                              "0", "--bigradual_n2", "1", "--batchsize", "2")]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert len(losses(run)) == 2 and all(torch.isfinite(torch.tensor(losses(run))))
+    trained = state(run)
+    torch.manual_seed(1)
+    initial = build_model("bicrossnet_bnext_tiny", 6).state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained if k.startswith("backbone"))
+    assert (run / "train.log").read_text().count("done:") == 1  # only rank 0 writes
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "resnet_9000"], "--model 'resnet_9000' is not a known model"),
+    (["--bigradual_n1", "5", "--bigradual_n2", "2"], "--bigradual_n2 (2) must be >= --bigradual_n1 (5)"),
+    (["--teacher_path", "/nonexistent/teacher"], "--teacher_path /nonexistent/teacher does not exist"),
+    (["--dataset", "sues"], "--dataset sues needs --altitude"),
+    (["--batchsize", "0"], "--batchsize must be a positive integer"),
+])
+def test_bad_flags_fail_with_one_line(university_root, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(base_args(university_root, tmp_path, "bad", *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
