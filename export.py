@@ -61,7 +61,7 @@ def size_table(label: str, model: torch.nn.Module, sizes: dict, packed_file: int
         (f"{label}: packed file", mib(packed_file), f"{sizes['weights'] / packed_file:.2f}x smaller than float weights"),
         (f"binary conv weights ({binary['binary_params'] / 1e6:.2f} M), float32", mib(binary["float32_bytes"]), ""),
         ("binary conv weights, packed", mib(binary["packed_bytes"]),
-         f"{binary['float32_bytes'] / max(binary['packed_bytes'], 1):.0f}x smaller"),
+         f"{binary['float32_bytes'] / binary['packed_bytes']:.0f}x smaller" if binary["packed_bytes"] else "no binary layers"),
     ]
     if teacher is not None:
         name, t_sizes = teacher
@@ -82,7 +82,7 @@ def max_feature_difference(model_a, model_b, batch: int, h: int, w: int, seed: i
 def main(argv=None) -> None:
     args = parse_args(argv)
     run_dir, checkpoint_path = resolve_run(Path(args.checkpoint_dir) / args.name, args.which_epoch)
-    model, opts, checkpoint = load_trained_model(checkpoint_path)
+    model, opts, checkpoint = load_trained_model(run_dir, args.which_epoch)
     missing = [key for key in ("h", "w") if key not in opts]
     if missing:
         raise UserError(f"{run_dir / 'opts.yaml'} has no {', '.join(missing)} entry; expected opts.yaml written by train.py")
