@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
     p.add_argument("--test_dir", required=True,
                    help="test folder: University-1652/test, or SUES-200/test (holding one folder per altitude)")
-    p.add_argument("--which_epoch", default="last", help="checkpoint to evaluate: 'last' (last.pth) or an epoch number N (net_NNN.pth)")
+    p.add_argument("--which_epoch", default="last",
+                   help="checkpoint to evaluate: 'last' (last.pth) or an epoch number N (net_NNN.pth)")
     p.add_argument("--mode", default="both", choices=["1", "2", "both"],
                    help="1 = Satellite->Drone, 2 = Drone->Satellite, both = 1 then 2")
     p.add_argument("--altitude", default=None, choices=[*map(str, SUES_ALTITUDES), "all"],

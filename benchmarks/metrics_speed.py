@@ -26,7 +26,7 @@ TRAIN_CLASSES, DISTRACTORS, DRONE_PER_CLASS = 701, 250, 54
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fraction", type=float, default=1.0,
-                        help="scale the number of classes (and so of queries and gallery items), e.g. 0.1 for a quick run")
+                        help="scale the number of classes (so of queries and gallery items); 0.1 for a quick run")
     parser.add_argument("--dim", type=int, default=1536, help="feature dimension")
     parser.add_argument("--loop-queries", type=int, default=0,
                         help="time the loop on this many random queries and extrapolate per query (0: all queries)")
