@@ -84,12 +84,14 @@ def exported(tmp_path_factory):
     """A BNext-T student run with random weights exported by the CLI: (model, packed path, features, output)."""
     root = tmp_path_factory.mktemp("runs")
     model = randomize(build_model(STUDENT, NUM_CLASSES))
+    expected = features(model)  # before exporting: the export must leave the model as it was
     write_run(root / "student", STUDENT, model, {"block": 2, "binarizer": "bnext"})
     write_run(root / "teacher", "mccg_convnext_atto", build_model("mccg_convnext_atto", NUM_CLASSES), {"block": 2})
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         export.main(["--name", "student", "--checkpoint_dir", str(root), "--teacher", "teacher"])
-    return model, root / "student" / "last_packed.pt", features(model), output.getvalue()
+    assert torch.equal(features(model), expected)
+    return model, root / "student" / "last_packed.pt", expected, output.getvalue()
 
 
 def test_packed_bnext_tiny_reproduces_features_exactly(exported):
