@@ -2,8 +2,10 @@
 
     python test.py --name RUN --test_dir data/University-1652/test [--mode both]
     python test.py --name RUN --test_dir data/SUES-200/test --altitude all
+    python test.py --packed checkpoints/RUN/last_packed.pt --test_dir data/University-1652/test
 
-The network is rebuilt from ``<checkpoint_dir>/<name>/opts.yaml`` and its checkpoint; the
+The network is rebuilt from ``<checkpoint_dir>/<name>/opts.yaml`` and its checkpoint, or from a
+1-bit packed file written by ``export.py`` (``--packed``, results then go beside that file); the
 dataset kind, altitude and input size default to the run's own. Per direction it prints the
 familiar ``Recall@1:.. Recall@5:.. Recall@10:.. Recall@top1:.. AP:..`` line and records the
 metrics in ``<run>/results.json`` under ``"<dataset>[/<altitude>]/<direction>"``, next to the
@@ -29,6 +31,7 @@ from utils.checkpoint import atomic_write_text
 from utils.errors import UserError, exit_on_user_error
 from utils.features import extract_features
 from utils.metrics import evaluate_retrieval, format_metrics
+from utils.packing import load_packed
 from utils.run import checkpoint_name, load_opts, load_trained_model
 from utils.visualize import save_retrieval_grid
 
@@ -39,7 +42,9 @@ DATASET_TITLES = {"university": "University-1652", "sues": "SUES-200"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="run name; the run directory is <checkpoint_dir>/<name>/")
+    p.add_argument("--name", default=None, help="run name; the run directory is <checkpoint_dir>/<name>/")
+    p.add_argument("--packed", default=None, metavar="FILE",
+                   help="evaluate a packed 1-bit model file from export.py instead of a run's checkpoint")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
     p.add_argument("--test_dir", required=True,
                    help="test folder: University-1652/test, or SUES-200/test (holding one folder per altitude)")
@@ -77,7 +82,7 @@ def evaluation_plan(args, opts: dict):
         altitude = args.altitude or opts.get("altitude")
         altitudes = list(SUES_ALTITUDES) if altitude == "all" else [None if altitude is None else int(altitude)]
     elif args.altitude is not None:
-        raise UserError(f"--altitude applies to SUES-200 runs only; run {args.name!r} was trained on {dataset!r}")
+        raise UserError(f"--altitude applies to SUES-200 runs only; {args.name or args.packed!r} was trained on {dataset!r}")
     else:
         altitudes = [None]
     modes = [1, 2] if args.mode == "both" else [int(args.mode)]
@@ -135,8 +140,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batchsize < 1 or args.num_workers < 0 or args.visualize < 0:
         raise UserError("--batchsize must be >= 1, --num_workers and --visualize >= 0")
-    run_dir = Path(args.checkpoint_dir) / args.name
-    opts = load_opts(run_dir)
+    if (args.name is None) == (args.packed is None):
+        raise UserError("pass exactly one of --name RUN (a training run) or --packed FILE (an export.py file)")
+    if args.packed:
+        model, opts = load_packed(args.packed)
+        run_dir, source, epoch = Path(args.packed).parent, Path(args.packed).name, opts.get("epoch")
+    else:
+        run_dir = Path(args.checkpoint_dir) / args.name
+        opts = load_opts(run_dir)
     dataset, altitudes, modes = evaluation_plan(args, opts)
     device = resolve_device(args.device)
     h, w = args.h or opts["h"], args.w or opts["w"]
@@ -145,9 +156,10 @@ def main(argv=None) -> int:
                  for altitude in altitudes for mode in modes}
     results_path = run_dir / RESULTS_FILE
     results, table = load_results(results_path), {}
-    model, _, checkpoint = load_trained_model(run_dir, args.which_epoch, opts=opts)
+    if not args.packed:
+        model, _, checkpoint = load_trained_model(run_dir, args.which_epoch, opts=opts)
+        source, epoch = checkpoint_name(args.which_epoch), checkpoint.get("epoch")
     model.to(device)
-    source = checkpoint_name(args.which_epoch)
 
     for (altitude, mode), (query_set, gallery_set) in test_sets.items():
         qf = extract(model, query_set, args, device, "query")
@@ -155,10 +167,10 @@ def main(argv=None) -> int:
         metrics = evaluate_retrieval(qf.to(device), query_set.labels, gf.to(device), gallery_set.labels)
         where = f" {altitude} m" if altitude is not None else ""
         print(f"{DATASET_TITLES[dataset]}{where} {MODE_NAMES[mode]}: {len(query_set)} queries, "
-              f"{len(gallery_set)} gallery images ({args.name}/{source})")
+              f"{len(gallery_set)} gallery images ({run_dir.name}/{source})")
         print(format_metrics(metrics))
         results[result_key(dataset, altitude, mode)] = dict(
-            metrics, checkpoint=source, epoch=checkpoint.get("epoch"),
+            metrics, checkpoint=source, epoch=epoch,
             num_queries=len(query_set), num_gallery=len(gallery_set), h=h, w=w, flip=not args.no_flip)
         atomic_write_text(results_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
         table[altitude, mode] = metrics

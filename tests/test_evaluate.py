@@ -323,3 +323,27 @@ def test_cuda_requested_without_gpu(capsys, run_dir, university_root):
                   str(university_root / "test"), "--device", "cuda"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --device cuda: no CUDA device is available; use --device cpu"
+
+
+def test_packed_model_file_gives_the_same_metrics_as_its_checkpoint(evaluated, university_root, tmp_path):
+    from utils.packing import export_packed
+
+    run_dir, _, results = evaluated
+    model, opts, _ = load_trained_model(run_dir)
+    packed = tmp_path / "tiny_packed.pt"
+    export_packed(model, opts["model"], opts["model_options"], opts["num_classes"],
+                  {"h": SIZE, "w": SIZE, "dataset": "university", "altitude": None}, packed)
+    stdout = run_cli("--packed", packed, "--test_dir", university_root / "test", "--mode", "both")
+    packed_results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(packed_results) == sorted(results)
+    for key, entry in results.items():
+        assert packed_results[key]["checkpoint"] == "tiny_packed.pt"
+        for name in METRIC_NAMES:
+            assert packed_results[key][name] == entry[name], (key, name)
+    assert "tiny_packed.pt" in stdout
+
+
+def test_name_and_packed_are_exclusive(capsys, run_dir, university_root):
+    assert_one_line_error(capsys, ["--test_dir", university_root / "test"], "exactly one of --name")
+    assert_one_line_error(capsys, ["--name", "x", "--packed", "y.pt", "--test_dir", university_root / "test"],
+                          "exactly one of --name")
