@@ -1,28 +1,42 @@
 """Crash-safe checkpoint files.
 
 A training run on the real data lasts days; a process killed while writing must never leave a
-half-written ``last.pth``. Every file is written to a temporary sibling, flushed to disk, then
-renamed over the target (``os.replace`` is atomic on POSIX), so readers see the old file or the
-new one, never a mix.
+half-written ``last.pth``. Every file is written to a temporary sibling ``.<name>.<random>.tmp``,
+flushed to disk, then renamed over the target (``os.replace`` is atomic on POSIX), so readers see
+the old file or the new one, never a mix. The folder is flushed too, so the rename itself survives
+a power cut. A process killed between the write and the rename leaves only the temporary file,
+which :func:`remove_temporaries` clears on the next start.
 """
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Dict, List, Union
 
 import torch
 
 from .errors import UserError
 
 PathLike = Union[str, os.PathLike]
+TEMPORARY_GLOB = ".*.tmp"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide the permissions, as for any other file the run
+    # writes (tempfile.mkstemp would make checkpoints private to their owner).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -33,17 +47,40 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def remove_temporaries(folder: PathLike) -> List[Path]:
+    """Delete the temporary files that writes killed before their rename left in ``folder``."""
+    removed = sorted(Path(folder).glob(TEMPORARY_GLOB))
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 def save_checkpoint(obj: Any, path: PathLike) -> None:
-    """``torch.save`` made atomic: serialize in memory, then write through a rename."""
+    """``torch.save`` made atomic: serialize in memory, then write through a rename.
+
+    A failed write (disk full, quota, permissions) leaves the previous file untouched and is
+    reported as a :class:`UserError`, since freeing space and resuming is all it takes.
+    """
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous file is "
+                        f"intact") from None
+
+
+def nonfinite_entries(state_dict: Dict[str, Any]) -> List[str]:
+    """Names of the floating-point tensors of ``state_dict`` that hold a NaN or an infinity."""
+    return [name for name, value in state_dict.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
 def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
