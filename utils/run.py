@@ -6,8 +6,9 @@ lets ``test.py``, ``export.py`` and a distilling student rebuild exactly the tra
 """
 import shutil
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
+import torch
 import yaml
 
 from .checkpoint import atomic_write_text, load_checkpoint, load_model_state
@@ -27,16 +28,28 @@ def checkpoint_name(which_epoch: Union[str, int]) -> str:
         raise UserError(f"--which_epoch must be 'last' or an epoch number, got {which_epoch!r}") from None
 
 
+def saved_checkpoints(run_dir: Union[str, Path]) -> List[str]:
+    """File names of the checkpoints in ``run_dir``: ``last.pth`` first, then ``net_<epoch>.pth``."""
+    run_dir = Path(run_dir)
+    last = [LAST_CHECKPOINT] if (run_dir / LAST_CHECKPOINT).is_file() else []
+    return last + sorted(p.name for p in run_dir.glob("net_*.pth"))
+
+
 def prepare_run_dir(checkpoint_dir: Union[str, Path], name: str, resume: bool, overwrite: bool) -> Path:
     """Create the run directory, refusing to clobber an existing run unless asked to.
 
     An existing run is kept intact unless ``--overwrite``; ``--resume`` needs one to exist.
+    ``name`` must stay inside ``checkpoint_dir``: ``--overwrite`` deletes the run directory.
     """
+    if not Path(name).parts or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise UserError(f"--name {name!r} must be a relative folder name inside --checkpoint_dir, without '..'")
     run_dir = Path(checkpoint_dir) / name
     has_run = (run_dir / OPTS_FILE).exists() or (run_dir / LAST_CHECKPOINT).exists()
     if resume:
         if not (run_dir / LAST_CHECKPOINT).exists():
-            raise UserError(f"--resume: {run_dir / LAST_CHECKPOINT} does not exist; nothing to resume")
+            hint = (" (the run stopped before its first checkpoint; start it again with --overwrite)"
+                    if has_run else "")
+            raise UserError(f"--resume: {run_dir / LAST_CHECKPOINT} does not exist; nothing to resume{hint}")
         return run_dir
     if has_run:
         if not overwrite:
@@ -87,7 +100,31 @@ def load_trained_model(path: Union[str, Path], which_epoch: Union[str, int] = "l
 
     run_dir, ckpt_path = resolve_run(path, which_epoch)
     opts = opts or load_opts(run_dir)
+    if not ckpt_path.is_file():
+        available = ", ".join(saved_checkpoints(run_dir)) or "none"
+        raise UserError(f"checkpoint {ckpt_path} does not exist; checkpoints in {run_dir}: {available}")
     model = build_model(opts["model"], opts["num_classes"], **opts["model_options"])
     checkpoint = load_checkpoint(ckpt_path, map_location=map_location)
+    trained_classes = checkpoint.get("num_classes", opts["num_classes"])
+    if trained_classes != opts["num_classes"]:
+        raise UserError(f"checkpoint {ckpt_path} was trained with {trained_classes} classes but "
+                        f"{run_dir / OPTS_FILE} says {opts['num_classes']}; the file belongs to another run")
     load_model_state(model, checkpoint["model"], ckpt_path, opts["model"])
     return model.eval(), opts, checkpoint
+
+
+def check_input_size(model: torch.nn.Module, h: int, w: int, model_name: str) -> None:
+    """Run ``model`` once on an ``h``×``w`` zero image, so an input size its strided layers cannot
+    take is one clear error before any work starts rather than a traceback from deep inside the
+    network (the accepted sizes differ between backbones; multiples of 32 always work).
+    Leaves the model's train/eval mode, buffers and the RNG untouched."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, h, w, device=device))
+    except RuntimeError as err:
+        raise UserError(f"--h {h} --w {w}: {model_name} cannot take {h}x{w} inputs "
+                        f"({str(err).splitlines()[0]}); use multiples of 32 such as 256") from None
+    finally:
+        model.train(was_training)
