@@ -4,7 +4,7 @@ import io
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 
@@ -14,40 +14,62 @@ CURVE_FILE = "loss_curve.png"
 
 
 def setup_logger(run_dir: Path, is_main: bool) -> logging.Logger:
-    """Log to stdout and ``train.log`` on the main process; other ranks only warn on stderr."""
+    """Log to stdout and ``train.log`` on the main process; other ranks only warn on stderr.
+
+    Python warnings (such as images skipped with ``--on_bad_image skip``, raised in DataLoader
+    workers, which inherit these handlers) go to the same places, so ``train.log`` keeps them.
+    """
     logger = logging.getLogger("bicrossnet")
-    logger.handlers.clear()
-    logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     if is_main:
-        logger.setLevel(logging.INFO)
-        for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / LOG_FILE)):
-            handler.setFormatter(fmt)
-            logger.addHandler(handler)
+        handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / LOG_FILE)]
     else:
-        logger.setLevel(logging.WARNING)
-        logger.addHandler(logging.StreamHandler(sys.stderr))
+        handlers = [logging.StreamHandler(sys.stderr)]
+    for handler in handlers:
+        handler.setFormatter(fmt)
+    logging.captureWarnings(False)  # re-install, in case warnings.showwarning changed since an earlier run
+    logging.captureWarnings(True)
+    for name, level in (("bicrossnet", logging.INFO if is_main else logging.WARNING), ("py.warnings", logging.WARNING)):
+        target = logging.getLogger(name)
+        for old in target.handlers:
+            old.close()
+        target.handlers = list(handlers)
+        target.propagate = False
+        target.setLevel(level)
     return logger
 
 
 class MetricsTable:
     """Per-epoch metrics kept in memory and rewritten atomically, so the CSV always matches the
-    checkpoints: on resume, rows from epochs that will be re-run are dropped."""
+    checkpoints.
 
-    def __init__(self, run_dir: Path, keep_through_epoch: int = 0):
+    ``rows``: the record a resumed checkpoint carries (train.py saves it before the CSV, so a
+    process killed between the two writes loses no row); the CSV is rewritten from it at once.
+    Without it, rows of epochs up to ``keep_through_epoch`` are read back from the CSV and the
+    rest, which will be re-run, dropped.
+    """
+
+    def __init__(self, run_dir: Path, keep_through_epoch: int = 0, rows: Optional[List[Dict]] = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.rows: List[Dict[str, str]] = []
-        if keep_through_epoch > 0 and self.path.exists():
+        if rows is not None:
+            self.rows = [{k: _fmt(v) for k, v in row.items()} for row in rows]
+            self._write()
+        elif keep_through_epoch > 0 and self.path.exists():
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
 
     def append(self, row: Dict[str, float]) -> None:
         self.rows.append({k: _fmt(v) for k, v in row.items()})
+        self._write()
+
+    def _write(self) -> None:
         fields = list(dict.fromkeys(k for r in self.rows for k in r))
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(self.rows)
+        if fields:  # a run resumed before its first epoch ended has no rows, not even a header
+            writer = csv.DictWriter(out, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
         atomic_write_text(self.path, out.getvalue())
 
     def plot(self, keys=("total", "ce", "triplet", "kd")) -> None:
@@ -57,11 +79,12 @@ class MetricsTable:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs = [int(r["epoch"]) for r in self.rows]
         fig, ax = plt.subplots(figsize=(6, 4))
         for key in keys:
-            if self.rows and key in self.rows[0]:
-                ax.plot(epochs, [float(r[key]) for r in self.rows], marker="o", ms=3, label=key)
+            # An epoch whose every step was skipped (non-finite loss) has no losses: leave it out.
+            points = [(int(r["epoch"]), float(r[key])) for r in self.rows if r.get(key, "") != ""]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=key)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
