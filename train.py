@@ -18,7 +18,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -33,15 +33,18 @@ from models.binary import anneal_temperature, apply_constraints_, count_exact_bi
 from models.registry import model_option_names
 from optim.factory import OPTIMIZER_CHOICES, build_optimizers, build_schedulers
 from optim.unfreeze import BiGradualUnfreezing
-from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from utils.checkpoint import load_checkpoint, load_model_state, nonfinite_entries, remove_temporaries, save_checkpoint
 from utils.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed, shutdown
 from utils.errors import UserError, exit_on_user_error
-from utils.run import LAST_CHECKPOINT, checkpoint_name, load_opts, load_trained_model, prepare_run_dir, save_opts
+from utils.run import (LAST_CHECKPOINT, OPTS_FILE, check_input_size, checkpoint_name, load_opts, load_trained_model,
+                       prepare_run_dir, save_opts, saved_checkpoints)
 from utils.training_log import MetricsTable, setup_logger
 
 # Flags that may differ when a run is resumed; every other flag is taken from the run's opts.yaml.
-RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite", "epochs", "num_workers", "device",
-                 "save_every", "max_bad_steps", "data_dir", "teacher_path")
+RESUME_OVERRIDES = ("epochs", "num_workers", "device", "save_every", "max_bad_steps", "data_dir", "teacher_path")
+RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
+# Signals that stop training cleanly: Ctrl-C, and the SIGTERM that cluster schedulers send before a kill.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--name", default="bicrossnet", help="run name; files go to <checkpoint_dir>/<name>/")
     run.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
-    run.add_argument("--resume", action="store_true", help="continue the run <name> from its last.pth")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run <name> from its last.pth with the run's own settings; only "
+                          + ", ".join(f"--{flag}" for flag in RESUME_OVERRIDES) + " may change")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory <name>")
     run.add_argument("--seed", type=int, default=1, help="random seed (CPU runs are bit-reproducible)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto picks CUDA when present")
@@ -122,21 +127,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume:
-        args = _merge_saved_opts(args, parser, argv)
+        args = _merge_saved_opts(args, _given_flags(args, argv))
     _validate(args)
     return args
 
 
-def _merge_saved_opts(args, parser, argv) -> argparse.Namespace:
-    """On ``--resume`` the run's own settings win, except runtime flags given on the command line."""
-    saved = load_opts(Path(args.checkpoint_dir) / args.name)
+def _given_flags(args, argv) -> set:
+    """Names of the flags present on the command line, even those repeating their default value."""
+    absent = object()
+    probe = build_parser()
+    probe.set_defaults(**dict.fromkeys(vars(args), absent))
+    return {key for key, value in vars(probe.parse_args(argv)).items() if value is not absent}
+
+
+def _merge_saved_opts(args, given: set) -> argparse.Namespace:
+    """On ``--resume`` the run's own settings win; runtime flags given on the command line override
+    them, and any other given flag must agree with the run (changing --h or --model mid-run would
+    silently be ignored otherwise)."""
+    opts_path = Path(args.checkpoint_dir) / args.name / OPTS_FILE
+    saved = load_opts(opts_path.parent).get("args", {})
+    conflicts = [f"--{key} {getattr(args, key)!r} (run: {saved[key]!r})" for key in sorted(given)
+                 if key not in RUNTIME_FLAGS and key in saved and getattr(args, key) != saved[key]]
+    if conflicts:
+        raise UserError(f"--resume continues the run of {opts_path} with its own settings, but these flags "
+                        f"differ from it: {', '.join(conflicts)}; drop them, or start a new run with another --name")
     merged = vars(args).copy()
-    for key, value in saved.get("args", {}).items():
-        if key in merged and key not in RUNTIME_FLAGS:
+    for key, value in saved.items():
+        if key in merged and not (key in RUNTIME_FLAGS and key in given):
             merged[key] = value
-    for key in RUNTIME_FLAGS:
-        if key != "resume" and getattr(args, key) == parser.get_default(key) and key in saved.get("args", {}):
-            merged[key] = saved["args"][key]
     merged["resume"] = True
     return argparse.Namespace(**merged)
 
@@ -151,9 +169,12 @@ def _validate(args) -> None:
     if args.teacher_path is not None and not Path(args.teacher_path).exists():
         raise UserError(f"--teacher_path {args.teacher_path} does not exist; train a teacher first "
                         f"(train.py --model mccg_convnext_tiny ...) or drop the flag")
-    for flag in ("batchsize", "epochs", "h", "w", "sample_num"):
+    for flag in ("batchsize", "epochs", "h", "w", "sample_num", "max_bad_steps"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    for flag in ("num_workers", "save_every"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     if args.batchsize < 2 and args.triplet_loss > 0:
         raise UserError("--batchsize must be at least 2 classes for the triplet loss (or pass --triplet_loss 0)")
 
@@ -215,6 +236,7 @@ class EpochStats:
     steps: int = 0
     correct: int = 0
     seen: int = 0
+    skipped: int = 0
 
     def add(self, terms: Dict[str, torch.Tensor], correct: int, seen: int) -> None:
         for k, v in terms.items():
@@ -226,6 +248,7 @@ class EpochStats:
     def means(self) -> Dict[str, float]:
         out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
         out["train_acc"] = 100.0 * self.correct / max(self.seen, 1)
+        out["skipped_steps"] = self.skipped
         return out
 
 
@@ -251,9 +274,12 @@ class Trainer:
         weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
         torch.manual_seed(args.seed)  # identical initial weights on every process and every run
         self.model = build_model(args.model, self.num_classes, **model_options(args), **weights).to(self.device)
+        check_input_size(self.model, args.h, args.w, args.model)
         apply_constraints_(self.model)
         self.teacher = load_teacher(args.teacher_path, self.num_classes, self.device, logger) \
             if args.teacher_path else None
+        if self.teacher is not None:
+            check_input_size(self.teacher, args.h, args.w, f"the teacher of {args.teacher_path}")
         self.criterion = BiCrossNetLoss(triplet_margin=args.triplet_loss,
                                         kd_weight=args.kd_weight if self.teacher is not None else 0.0,
                                         kd_temperature=args.kd_temperature, kd_mode=args.kd_mode)
@@ -267,9 +293,13 @@ class Trainer:
                                           shuffle=True, seed=args.seed, drop_last=True) if ctx.enabled else None
         self.start_epoch, self.resume_batches, self.resume_stats, self.resume_rng = 0, 0, None, None
         self.bad_steps = 0
+        # Rows of metrics.csv; checkpoints carry them, so metrics.csv can be rebuilt on resume.
+        # None until fit(): a fresh run starts empty, a resumed one from its checkpoint.
+        self.history: Optional[List[dict]] = None
         self.phase = None
         self.network = None
-        self.interrupted = False
+        self.interrupted = 0  # number of the first stop signal received (set by the handler in main)
+        self.stopped = False  # training stopped early on a signal, after saving
 
     def _device(self) -> torch.device:
         if self.args.device == "cuda" or (self.args.device == "auto" and torch.cuda.is_available()):
@@ -289,23 +319,40 @@ class Trainer:
             "batches_done": batches_done,
             "epoch_stats": vars(stats) if stats is not None else None,
             "bad_steps": self.bad_steps,
+            "history": self.history,
             "rng": rng_state(),
             "model_name": self.args.model,
             "num_classes": self.num_classes,
         }
 
     def save(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None, keep: bool = False):
-        """Write last.pth (and net_<epoch>.pth when ``keep``); ``epoch`` counts completed epochs."""
+        """Write last.pth (and net_<epoch>.pth when ``keep``); ``epoch`` counts completed epochs.
+
+        net_<epoch>.pth goes first: last.pth is what --resume reads, so a process killed between
+        the two writes redoes the epoch and rewrites the same net_<epoch>.pth, instead of lacking it.
+        """
         if not self.ctx.is_main:
             return
         state = self.state(epoch, batches_done, stats)
-        save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
+        nonfinite = nonfinite_entries(state["model"])
+        if nonfinite:
+            raise UserError(f"the weights hold NaN or infinite values ({len(nonfinite)} tensors, e.g. "
+                            f"{', '.join(nonfinite[:3])}); not overwriting {self.run_dir / LAST_CHECKPOINT}, "
+                            f"which keeps the last finite state (lower --lr, then --resume)")
         if keep:
             save_checkpoint(state, self.run_dir / checkpoint_name(epoch))
+        save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
 
     def restore(self) -> None:
         path = self.run_dir / LAST_CHECKPOINT
-        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            ckpt = load_checkpoint(path, map_location=self.device)
+        except UserError as err:
+            earlier = [name for name in saved_checkpoints(self.run_dir) if name != LAST_CHECKPOINT]
+            if not earlier:
+                raise
+            raise UserError(f"{err}; to resume from an earlier epoch, copy one of {', '.join(earlier)} "
+                            f"to {path}") from None
         if ckpt.get("num_classes", self.num_classes) != self.num_classes:
             raise UserError(f"{path} was trained with {ckpt['num_classes']} classes but --data_dir "
                             f"{self.args.data_dir} has {self.num_classes}")
@@ -317,6 +364,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch, self.resume_batches = ckpt["epoch"], ckpt["batches_done"]
         self.bad_steps = ckpt.get("bad_steps", 0)
+        self.history = ckpt.get("history")  # None in checkpoints older than the record: read metrics.csv
         if self.resume_batches:
             self.resume_stats = EpochStats(**ckpt["epoch_stats"])
             self.resume_rng = ckpt["rng"]
@@ -370,17 +418,28 @@ class Trainer:
                 continue
             self.train_step(satellite, drone, labels, stats, epoch, index)
             bar.set_postfix(loss=f"{stats.sums.get('total', 0.0) / max(stats.steps, 1):.3f}")
-            if self.interrupted:
+            if self._stop_requested():
                 self.save(epoch, batches_done=index + 1, stats=stats)
                 self.logger.warning("interrupted: saved %s at epoch %d, batch %d; continue with --resume",
                                     self.run_dir / LAST_CHECKPOINT, epoch, index + 1)
                 return None
         return stats.means()
 
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived in any process; all of them must stop after the same step,
+        or the others would wait forever for the next gradient all-reduce."""
+        if not self.ctx.enabled:
+            return bool(self.interrupted)
+        flag = torch.tensor(float(bool(self.interrupted)), device=self.device)
+        return all_reduce_mean(flag, self.ctx).item() > 0
+
     def train_step(self, satellite, drone, labels, stats: EpochStats, epoch: int, index: int) -> None:
         satellite = satellite.to(self.device, non_blocking=True)
         drone = drone.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
+        # A forward that overflows poisons BatchNorm running statistics before the loss shows it:
+        # keep the buffers to put back if the step is skipped.
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             out_sat, out_drone = self.network(satellite, drone)
             teacher_sat = teacher_drone = None
@@ -393,16 +452,15 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         finite = all_reduce_mean(torch.isfinite(total.detach()).float(), self.ctx)
         if finite.item() < 1.0:
-            self.bad_steps += 1
-            self.logger.warning("epoch %d batch %d: non-finite loss (%s); step skipped (%d in a row)",
-                                epoch, index, {k: float(v) for k, v in terms.items()}, self.bad_steps)
-            if self.bad_steps >= self.args.max_bad_steps:
-                raise UserError(f"training diverged: {self.bad_steps} consecutive non-finite losses at epoch "
-                                f"{epoch}; {self.run_dir / LAST_CHECKPOINT} holds the last good state "
-                                f"(lower --lr or raise --max_bad_steps)")
+            losses = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            self._skip_step(buffers, stats, epoch, index, f"non-finite loss ({losses})")
+            return
+        self.scaler.scale(total).backward()
+        # Under AMP the GradScaler skips steps with non-finite gradients (and lowers its scale) itself.
+        if not self.amp and not self._finite_gradients():
+            self._skip_step(buffers, stats, epoch, index, f"non-finite gradients (loss {total.item():.4g})")
             return
         self.bad_steps = 0
-        self.scaler.scale(total).backward()
         for opt in self.optimizers.values():
             self.scaler.step(opt)
         self.scaler.update()
@@ -411,9 +469,29 @@ class Trainer:
         correct = int(sum((p == labels).sum() for p in predictions))
         stats.add({k: all_reduce_mean(v, self.ctx) for k, v in terms.items()}, correct, 2 * labels.numel())
 
+    def _finite_gradients(self) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))))
+
+    def _skip_step(self, buffers, stats: EpochStats, epoch: int, index: int, reason: str) -> None:
+        """Leave weights and buffers as they were; stop after --max_bad_steps bad steps in a row."""
+        for buffer, saved in zip(self.model.buffers(), buffers):
+            buffer.copy_(saved)
+        self.bad_steps += 1
+        stats.skipped += 1
+        self.logger.warning("epoch %d batch %d: %s; step skipped (%d in a row)", epoch, index, reason, self.bad_steps)
+        if self.bad_steps >= self.args.max_bad_steps:
+            raise UserError(f"training diverged: {self.bad_steps} consecutive steps with non-finite values at "
+                            f"epoch {epoch}; {self.run_dir / LAST_CHECKPOINT} holds the last good state "
+                            f"(lower --lr or raise --max_bad_steps)")
+
     def fit(self) -> None:
         args = self.args
-        table = MetricsTable(self.run_dir, keep_through_epoch=self.start_epoch) if self.ctx.is_main else None
+        table = None
+        if self.ctx.is_main:
+            table = MetricsTable(self.run_dir, keep_through_epoch=self.start_epoch, rows=self.history)
+        if self.history is None:  # a fresh run, or a checkpoint older than the record: start from the CSV
+            self.history = list(table.rows) if table is not None else []
         exact, total = count_exact_binary(self.model)
         self.logger.info("%s: %d classes, %d training items, %d binary convolutions (%d with exactly ±1 "
                          "forward weights)", args.model, self.num_classes, len(self.dataset), total, exact)
@@ -421,26 +499,31 @@ class Trainer:
             start = time.time()
             means = self.train_epoch(epoch)
             if means is None:
+                self.stopped = True
                 return
             for sched in self.schedulers.values():
                 sched.step()
             if args.temperature_decay != 1.0:
                 anneal_temperature(self.model, args.temperature_decay)
-            last = epoch + 1 == args.epochs
-            keep = last or (args.save_every > 0 and (epoch + 1) % args.save_every == 0)
-            self.save(epoch + 1, keep=keep)
-            barrier(self.ctx)
             exact, total = count_exact_binary(self.model)
             row = {"epoch": epoch + 1, "phase": self.phase, **means, "binary_exact": f"{exact}/{total}",
                    "seconds": round(time.time() - start, 2)}
             row.update({f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()})
+            # The checkpoint (which carries the row) is written before metrics.csv: the CSV is never
+            # ahead of the checkpoint, and a kill in between loses no row.
+            self.history.append(row)
+            last = epoch + 1 == args.epochs
+            keep = last or (args.save_every > 0 and (epoch + 1) % args.save_every == 0)
+            self.save(epoch + 1, keep=keep)
+            barrier(self.ctx)
             self.logger.info("epoch %d/%d  %s", epoch + 1, args.epochs,
                              "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in row.items() if k != "epoch"))
             if table is not None:
                 table.append(row)
                 table.plot()
-            if self.interrupted:
+            if not last and self._stop_requested():
+                self.stopped = True
                 self.logger.warning("interrupted after epoch %d; continue with --resume", epoch + 1)
                 return
 
@@ -462,23 +545,31 @@ def main(argv=None) -> int:
             run_dir = prepare_run_dir(args.checkpoint_dir, args.name, args.resume, args.overwrite)
         barrier(ctx)
         logger = setup_logger(run_dir, ctx.is_main)
+        if ctx.is_main:
+            for path in remove_temporaries(run_dir):
+                logger.warning("removed %s, left by a write that was killed before it completed", path)
         trainer = Trainer(args, ctx, run_dir, logger)
         if args.resume:
             trainer.restore()
         elif ctx.is_main:
             save_opts(run_dir, run_options(args, trainer.num_classes))
-        def on_interrupt(*_):
-            # First Ctrl-C: finish the current step and save; a second one aborts at once.
-            trainer.interrupted = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
-        previous = signal.signal(signal.SIGINT, on_interrupt)
+        def on_signal(signum, _frame):
+            # First signal: finish the current step, save and exit; a second one aborts at once.
+            # DataLoader workers are forked after this is installed and inherit it, so a signal sent
+            # to the whole process group (Ctrl-C in a terminal, a scheduler's SIGTERM) does not kill
+            # them under the main process.
+            trainer.interrupted = trainer.interrupted or signum
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+        previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
         try:
             trainer.fit()
         finally:
-            signal.signal(signal.SIGINT, previous)
-        if trainer.interrupted:
-            return 130
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if trainer.stopped:
+            return 128 + (trainer.interrupted or signal.SIGINT)  # shell convention: 130 Ctrl-C, 143 SIGTERM
         logger.info("done: %s", run_dir)
         return 0
     finally:
