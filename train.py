@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -411,18 +412,26 @@ class Trainer:
             stats, skip = self.resume_stats, self.resume_batches
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", disable=not self.ctx.is_main,
                    dynamic_ncols=True, leave=False)
-        for index, (satellite, drone, labels) in enumerate(bar):
-            if index < skip:
-                if index == skip - 1:
-                    set_rng_state(self.resume_rng)
-                continue
-            self.train_step(satellite, drone, labels, stats, epoch, index)
-            bar.set_postfix(loss=f"{stats.sums.get('total', 0.0) / max(stats.steps, 1):.3f}")
-            if self._stop_requested():
-                self.save(epoch, batches_done=index + 1, stats=stats)
-                self.logger.warning("interrupted: saved %s at epoch %d, batch %d; continue with --resume",
-                                    self.run_dir / LAST_CHECKPOINT, epoch, index + 1)
-                return None
+        try:
+            for index, (satellite, drone, labels) in enumerate(bar):
+                if index < skip:
+                    if index == skip - 1:
+                        set_rng_state(self.resume_rng)
+                    continue
+                self.train_step(satellite, drone, labels, stats, epoch, index)
+                bar.set_postfix(loss=f"{stats.sums.get('total', 0.0) / max(stats.steps, 1):.3f}")
+                if self._stop_requested():
+                    self.save(epoch, batches_done=index + 1, stats=stats)
+                    self.logger.warning("interrupted: saved %s at epoch %d, batch %d; continue with --resume",
+                                        self.run_dir / LAST_CHECKPOINT, epoch, index + 1)
+                    return None
+        except UserError as err:
+            # An error re-raised from a DataLoader worker (an unreadable image) carries finished
+            # frames that hold the loader iterator in a reference cycle. Clearing them shuts the
+            # workers down now; left to the garbage collector, the shutdown stalls for seconds on
+            # half-finalized queues, and the worker processes linger in the meantime.
+            traceback.clear_frames(err.__traceback__)
+            raise
         return stats.means()
 
     def _stop_requested(self) -> bool:
