@@ -38,7 +38,7 @@ def run_row(run_dir: Path, h: int, w: int) -> dict:
         model = build_model(opts["model"], opts["num_classes"], **opts["model_options"])
     cost = measure(model, torch.zeros(2, 3, h, w, device="meta"))
     row = {"run": run_dir.name, "model": opts["model"], "params": human(cost["params"]),
-           "binary": human(cost["binary_params"]), "OPs": human(cost["ops_8bit"])}
+           "binary": human(cost["binary_params"]), "OPs": human(cost["ops"])}
     prefix = result_prefix(opts)
     for direction, short in DIRECTIONS:
         metrics = results.get(f"{prefix}/{direction}")
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     rows = [run_row(Path(args.checkpoint_dir) / name, args.h, args.w) for name in args.runs]
     print(markdown(rows))
-    print(f"\nOPs = BOPs/64 + FLOPs/8 for one 2×3×{args.h}×{args.w} inference (one satellite + one drone image).")
+    print(f"\nOPs = BOPs/64 + FLOPs (MACs) for one 2×3×{args.h}×{args.w} inference (one satellite + one drone image).")
 
 
 if __name__ == "__main__":
