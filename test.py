@@ -32,7 +32,7 @@ from utils.errors import UserError, exit_on_user_error
 from utils.features import extract_features
 from utils.metrics import evaluate_retrieval, format_metrics
 from utils.packing import load_packed
-from utils.run import checkpoint_name, load_opts, load_trained_model
+from utils.run import check_input_size, checkpoint_name, load_opts, load_trained_model
 from utils.visualize import save_retrieval_grid
 
 SUES_ALTITUDES = (150, 200, 250, 300)
@@ -140,6 +140,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batchsize < 1 or args.num_workers < 0 or args.visualize < 0:
         raise UserError("--batchsize must be >= 1, --num_workers and --visualize >= 0")
+    for flag in ("h", "w"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if (args.name is None) == (args.packed is None):
         raise UserError("pass exactly one of --name RUN (a training run) or --packed FILE (an export.py file)")
     if args.packed:
@@ -160,6 +163,7 @@ def main(argv=None) -> int:
         model, _, checkpoint = load_trained_model(run_dir, args.which_epoch, opts=opts)
         source, epoch = checkpoint_name(args.which_epoch), checkpoint.get("epoch")
     model.to(device)
+    check_input_size(model, h, w, opts["model"])
 
     for (altitude, mode), (query_set, gallery_set) in test_sets.items():
         qf = extract(model, query_set, args, device, "query")

@@ -261,7 +261,7 @@ class Trainer:
         self.device = self._device()
         self.amp = args.amp and self.device.type == "cuda"
         if args.amp and not self.amp:
-            logger.warning("--amp needs CUDA; training in float32 on %s", self.device)
+            logger.info("--amp applies to CUDA only; training in float32 on %s", self.device)
 
         self.dataset = build_train_set(
             args.data_dir, dataset=args.dataset, altitude=args.altitude, h=args.h, w=args.w,

@@ -447,8 +447,6 @@ def test_test_py_accepts_another_input_size(university_root, tmp_path, teacher_r
     assert {(r["h"], r["w"]) for r in results.values()} == {(64, 48)}
 
 
-@pytest.mark.xfail(strict=True, reason="test.py does not check --h/--w: a size the backbone cannot downsample ends "
-                                       "in a RuntimeError traceback, and --h 0 silently means the run's size")
 @pytest.mark.parametrize("size, fragment", [(["--h", "16", "--w", "16"], "--h 16 --w 16"), (["--h", "0"], "--h")])
 def test_test_py_refuses_an_input_size_the_model_cannot_take(university_root, tmp_path, teacher_reference, capsys,
                                                              size, fragment):
