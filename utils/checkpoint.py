@@ -7,11 +7,10 @@ the old file or the new one, never a mix. The folder is flushed too, so the rena
 a power cut. A process killed between the write and the rename leaves only the temporary file,
 which :func:`remove_temporaries` clears on the next start.
 """
-import io
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Union
 
 import torch
 
@@ -29,8 +28,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+def _atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(file)`` on a temporary sibling of ``path``, flush it to disk, rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -39,7 +38,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,6 +47,11 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -63,15 +67,15 @@ def remove_temporaries(folder: PathLike) -> List[Path]:
 
 
 def save_checkpoint(obj: Any, path: PathLike) -> None:
-    """``torch.save`` made atomic: serialize in memory, then write through a rename.
+    """``torch.save`` made atomic: stream into the temporary file, then rename.
 
+    Streaming (rather than serializing into memory first) keeps a BNext-L checkpoint with its
+    optimizer state from briefly doubling the process's memory at every save.
     A failed write (disk full, quota, permissions) leaves the previous file untouched and is
     reported as a :class:`UserError`, since freeing space and resuming is all it takes.
     """
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        _atomic_write(path, lambda f: torch.save(obj, f))
     except OSError as err:
         raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous file is "
                         f"intact") from None
