@@ -9,7 +9,9 @@ the same data and seeds, evaluates each in both directions and prints a Markdown
 - ``single_optimizer``: one Adam optimizer for all parameters, binary latent weights included.
 
 Run from the repository root: ``python -m benchmarks.synthetic_recipe [--epochs 8 --seeds 1 2]``.
-Runs are kept under ``--out`` so a second call only re-prints the table.
+Runs are kept under ``--out`` so a second call only re-prints the table. ``--data_dir`` and
+``--teacher_path`` reuse data and a teacher run made earlier (e.g. by ``make demo``, whose settings
+are the defaults here) instead of generating and training them again.
 """
 import argparse
 import json
@@ -25,6 +27,10 @@ DIRECTIONS = (("Drone->Satellite", "D→S"), ("Satellite->Drone", "S→D"))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_runs/synthetic_recipe", help="data and runs go here")
+    parser.add_argument("--data_dir", default=None,
+                        help="existing University-1652-layout dataset root (default: generate one under --out)")
+    parser.add_argument("--teacher_path", default=None,
+                        help="existing teacher run trained on that data (default: train one per seed)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every run")
     parser.add_argument("--sample_num", type=int, default=4, help="draws of each class per epoch")
     parser.add_argument("--size", type=int, default=64, help="training and test input size")
@@ -61,6 +67,10 @@ def train_and_test(name, flags, opts, data, ckpt, seed):
              str(seed), "--num_workers", str(opts.num_workers), "--device", "cpu", "--overwrite", *flags])
         run(["test.py", "--name", name, "--checkpoint_dir", str(ckpt), "--test_dir", str(data / "test"),
              "--mode", "both", "--num_workers", str(opts.num_workers), "--device", "cpu"])
+    return read_results(run_dir)
+
+
+def read_results(run_dir: Path) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     return {short: results[f"university/{direction}"] for direction, short in DIRECTIONS}
 
@@ -68,18 +78,23 @@ def train_and_test(name, flags, opts, data, ckpt, seed):
 def main(argv=None):
     opts = parse_args(argv)
     out = Path(opts.out).resolve()
-    data = out / "data"
-    if not (data / "synthetic.json").is_file():
+    data = Path(opts.data_dir).resolve() if opts.data_dir else out / "data"
+    if not (data / "train").is_dir():
         run(["-m", "datasets.synthetic", "--layout", "university", "--out", str(data)])
     table = {}
     for seed in opts.seeds:
         ckpt = out / f"seed{seed}"
-        teacher_flags = ["--model", opts.teacher, "--optimizer", "adam", "--bigradual_n1", "0", "--bigradual_n2", "0"]
-        table.setdefault(f"teacher ({opts.teacher})", []).append(
-            train_and_test("teacher", teacher_flags, opts, data, ckpt, seed))
+        if opts.teacher_path:
+            teacher = Path(opts.teacher_path).resolve()
+            table.setdefault(f"teacher ({teacher.name})", []).append(read_results(teacher))
+        else:
+            teacher = ckpt / "teacher"
+            teacher_flags = ["--model", opts.teacher, "--optimizer", "adam", "--bigradual_n1", "0",
+                             "--bigradual_n2", "0"]
+            table.setdefault(f"teacher ({opts.teacher})", []).append(
+                train_and_test("teacher", teacher_flags, opts, data, ckpt, seed))
         for name, flags in students(opts).items():
-            flags = [f for f in flags if f != "--kd"] + (["--teacher_path", str(ckpt / "teacher")]
-                                                         if "--kd" in flags else [])
+            flags = [f for f in flags if f != "--kd"] + (["--teacher_path", str(teacher)] if "--kd" in flags else [])
             table.setdefault(f"student {name}", []).append(train_and_test(name, flags, opts, data, ckpt, seed))
 
     print(f"\nSynthetic University-1652 layout (40 train / 30 test / 10 distractor places), {opts.size}×{opts.size}, "
