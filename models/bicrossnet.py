@@ -5,15 +5,14 @@ gate, and may supply ``forward_global(map) -> (B, C)``, the global-branch vector
 more than a plain average pool (ConvNeXt applies its final LayerNorm after pooling). Without
 ``forward_global`` the head pools the map itself.
 """
-import functools
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .bnext import BNext, load_bnext_checkpoint
 from .mccg import MCCGHead
-from .registry import register_model
+from .registry import register_variant
 
 BNEXT_SIZES = ("tiny", "small", "middle", "large")
 
@@ -39,18 +38,6 @@ class BiCrossNet(nn.Module):
     def forward(self, x: torch.Tensor):
         """Train: ``(logits, features)`` tuples, one entry per branch; eval: (B, 512, branches)."""
         return self.head(*self.forward_backbone(x))
-
-
-def register_variant(create: Callable, variant: str, name: str) -> None:
-    """Register ``name(num_classes, **options)`` = ``create(variant, num_classes, **options)``.
-
-    A partial keeps ``create``'s keyword signature, from which the registry reads the options a
-    model accepts, so every size of a family declares them once.
-    """
-    builder = functools.partial(create, variant)
-    builder.__name__ = name
-    builder.__doc__ = f"{create.__name__}({variant!r}, ...): {create.__doc__.splitlines()[0]}"
-    register_model(builder)
 
 
 def bicrossnet_bnext(size: str, num_classes: int, block: int = 2, head_input: str = "spatial",

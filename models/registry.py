@@ -3,6 +3,7 @@
 A run's ``opts.yaml`` stores the model name and options, so ``test.py`` and ``export.py``
 rebuild exactly the network that ``train.py`` trained.
 """
+import functools
 from typing import Callable, Dict, List
 
 from utils.errors import UserError
@@ -17,6 +18,18 @@ def register_model(fn: Callable) -> Callable:
         raise ValueError(f"model {name!r} is registered twice")
     _MODEL_BUILDERS[name] = fn
     return fn
+
+
+def register_variant(create: Callable, variant: str, name: str) -> None:
+    """Register ``name(num_classes, **options)`` = ``create(variant, num_classes, **options)``.
+
+    A partial keeps ``create``'s keyword signature, from which the registry reads the options a
+    model accepts, so every size of a family declares them once.
+    """
+    builder = functools.partial(create, variant)
+    builder.__name__ = name
+    builder.__doc__ = f"{create.__name__}({variant!r}, ...): {create.__doc__.splitlines()[0]}"
+    register_model(builder)
 
 
 def list_models() -> List[str]:

@@ -15,7 +15,8 @@ from timm.models.convnext import checkpoint_filter_fn
 
 from utils.errors import UserError
 
-from .bicrossnet import BiCrossNet, register_variant
+from .bicrossnet import BiCrossNet
+from .registry import register_variant
 from .mccg import MCCGHead
 
 CONVNEXT_VARIANTS = ("atto", "femto", "pico", "nano", "tiny", "small", "base")
