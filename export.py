@@ -1,6 +1,6 @@
 """Export a trained run as a packed model file: binary conv weights at 1 bit each.
 
-The file is rebuilt with :func:`utils.packing.load_packed` (``test.py --packed FILE``). After
+The file is rebuilt with :func:`models.packing.load_packed` (``test.py --packed FILE``). After
 writing it, the export reloads it, compares eval features with the float checkpoint's on a
 random batch at the run's input size, and prints what the packing saved.
 
@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import load_checkpoint
+from models.packing import binary_weight_bytes, export_packed, load_packed, serialized_bytes
+from models.run import load_checkpoint, load_opts, load_trained_model, resolve_run
 from utils.errors import UserError, exit_on_user_error
-from utils.packing import binary_weight_bytes, export_packed, load_packed, serialized_bytes
-from utils.run import load_opts, load_trained_model, resolve_run
 
 EXTRA_META = ("h", "w", "dataset", "altitude")
 

@@ -26,16 +26,17 @@ import scipy.io
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.test import MODE_NAMES, build_test_sets
-from utils.checkpoint import atomic_write_text
+from datasets import MODE_NAMES, SUES_ALTITUDES, build_test_sets
+from evaluation.features import extract_features
+from evaluation.metrics import evaluate_retrieval, format_metrics
+from evaluation.visualize import save_retrieval_grid
+from models._helpers import check_input_size
+from models.packing import load_packed
+from models.run import checkpoint_name, load_opts, load_trained_model
+from utils.device import DEVICE_CHOICES, configure_precision, device_label, resolve_device
 from utils.errors import UserError, exit_on_user_error
-from utils.features import extract_features
-from utils.metrics import evaluate_retrieval, format_metrics
-from utils.packing import load_packed
-from utils.run import check_input_size, checkpoint_name, load_opts, load_trained_model
-from utils.visualize import save_retrieval_grid
+from utils.files import atomic_write_text
 
-SUES_ALTITUDES = (150, 200, 250, 300)
 RESULTS_FILE = "results.json"
 DATASET_TITLES = {"university": "University-1652", "sues": "SUES-200"}
 
@@ -60,19 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=4, help="data-loading processes")
     p.add_argument("--on_bad_image", default="error", choices=["error", "skip"],
                    help="unreadable test image: stop with its name, or leave it out of the evaluation")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto picks CUDA when present")
-    p.add_argument("--amp", action="store_true", help="float16 autocast for feature extraction on CUDA")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
+    p.add_argument("--amp", action="store_true",
+                   help="float16 autocast for feature extraction on CUDA (default: full float32)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let CUDA float32 convolutions and matrix products use TF32 (default: IEEE float32)")
     p.add_argument("--no_flip", action="store_true", help="skip the horizontal-flip test-time augmentation")
     p.add_argument("--export_mat", action="store_true", help="also write the features as pytorch_result*.mat")
     p.add_argument("--visualize", type=int, default=0, metavar="K",
                    help="save a PNG of K queries with their top-10 gallery images (0: none)")
     return p
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
-    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def evaluation_plan(args, opts: dict):
@@ -153,6 +151,7 @@ def main(argv=None) -> int:
         opts = load_opts(run_dir)
     dataset, altitudes, modes = evaluation_plan(args, opts)
     device = resolve_device(args.device)
+    precision = configure_precision(device, args.amp, args.tf32)
     h, w = args.h or opts["h"], args.w or opts["w"]
     # Test folders and earlier results are checked before the (slow) model load: bad input fails at once.
     test_sets = {(altitude, mode): build_test_sets(args.test_dir, dataset, altitude, mode, h, w, args.on_bad_image)
@@ -171,11 +170,12 @@ def main(argv=None) -> int:
         metrics = evaluate_retrieval(qf.to(device), query_set.labels, gf.to(device), gallery_set.labels)
         where = f" {altitude} m" if altitude is not None else ""
         print(f"{DATASET_TITLES[dataset]}{where} {MODE_NAMES[mode]}: {len(query_set)} queries, "
-              f"{len(gallery_set)} gallery images ({run_dir.name}/{source})")
+              f"{len(gallery_set)} gallery images ({run_dir.name}/{source}, {device_label(device)}, {precision})")
         print(format_metrics(metrics))
         results[result_key(dataset, altitude, mode)] = dict(
             metrics, checkpoint=source, epoch=epoch,
-            num_queries=len(query_set), num_gallery=len(gallery_set), h=h, w=w, flip=not args.no_flip)
+            num_queries=len(query_set), num_gallery=len(gallery_set), h=h, w=w, flip=not args.no_flip,
+            device=device_label(device), precision=precision)
         atomic_write_text(results_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
         table[altitude, mode] = metrics
         tag = file_tag(altitude, mode)

@@ -27,22 +27,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from datasets import build_train_set
+from datasets import DATASETS, SUES_ALTITUDES, build_train_set
+from engine.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed, shutdown
+from engine.run_dir import prepare_run_dir, save_opts
+from engine.training_log import MetricsTable, setup_logger
 from losses.objective import BiCrossNetLoss
 from models import TwoViewNet, build_model, is_model, list_models
+from models._helpers import check_input_size, load_model_state, nonfinite_entries
 from models.binary import anneal_temperature, apply_constraints_, count_exact_binary, recu_tau, set_recu_tau
 from models.registry import model_option_names
+from models.run import (LAST_CHECKPOINT, OPTS_FILE, checkpoint_name, load_checkpoint, load_opts, load_trained_model,
+                        saved_checkpoints)
 from optim.factory import OPTIMIZER_CHOICES, build_optimizers, build_schedulers
+from optim.stepping import step_optimizers
 from optim.unfreeze import BiGradualUnfreezing
-from utils.checkpoint import load_checkpoint, load_model_state, nonfinite_entries, remove_temporaries, save_checkpoint
-from utils.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed, shutdown
+from utils.device import DEVICE_CHOICES, configure_precision, resolve_device
 from utils.errors import UserError, exit_on_user_error
-from utils.run import (LAST_CHECKPOINT, OPTS_FILE, check_input_size, checkpoint_name, load_opts, load_trained_model,
-                       prepare_run_dir, save_opts, saved_checkpoints)
-from utils.training_log import MetricsTable, setup_logger
+from utils.files import remove_temporaries, save_checkpoint
 
 # Flags that may differ when a run is resumed; every other flag is taken from the run's opts.yaml.
-RESUME_OVERRIDES = ("epochs", "num_workers", "device", "save_every", "max_bad_steps", "data_dir", "teacher_path")
+RESUME_OVERRIDES = ("epochs", "num_workers", "device", "amp", "tf32", "save_every", "max_bad_steps", "data_dir",
+                    "teacher_path")
 RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
 # Signals that stop training cleanly: Ctrl-C, and the SIGTERM that cluster schedulers send before a kill.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -58,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                           + ", ".join(f"--{flag}" for flag in RESUME_OVERRIDES) + " may change")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory <name>")
     run.add_argument("--seed", type=int, default=1, help="random seed (CPU runs are bit-reproducible)")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto picks CUDA when present")
+    run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
     run.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA")
+    run.add_argument("--tf32", action="store_true",
+                     help="let CUDA float32 convolutions and matrix products use TF32 (default: IEEE float32)")
     run.add_argument("--save_every", type=int, default=0,
                      help="also keep net_<epoch>.pth every N epochs (0: only the final epoch); last.pth is always kept")
     run.add_argument("--max_bad_steps", type=int, default=10,
@@ -68,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--data_dir", default="data/University-1652/train",
                       help="training folder: University-1652/train, or SUES-200/train (with --altitude)")
-    data.add_argument("--dataset", default="university", choices=["university", "sues"], help="dataset layout")
-    data.add_argument("--altitude", type=int, default=None, choices=[150, 200, 250, 300],
+    data.add_argument("--dataset", default="university", choices=DATASETS, help="dataset layout")
+    data.add_argument("--altitude", type=int, default=None, choices=SUES_ALTITUDES,
                       help="SUES-200 altitude subfolder of --data_dir")
     data.add_argument("--h", type=int, default=256, help="input height")
     data.add_argument("--w", type=int, default=256, help="input width")
@@ -192,6 +199,11 @@ def default_weight_decay(optimizer: str) -> float:
     return {"sgd": 5e-4, "adamwlion": 0.01}.get(optimizer, 0.0)
 
 
+def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """The loss scaler of float16 training on ``device`` (a no-op object when not ``enabled``)."""
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
 def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
     """Re-seed every RNG at each epoch start, so a run resumed at an epoch boundary is identical
     to the uninterrupted one. Returns the generator that drives shuffling and worker seeds."""
@@ -258,10 +270,11 @@ class Trainer:
 
     def __init__(self, args, ctx: DistributedContext, run_dir: Path, logger):
         self.args, self.ctx, self.run_dir, self.logger = args, ctx, run_dir, logger
-        self.device = self._device()
+        self.device = resolve_device(args.device, ctx.local_rank)
         self.amp = args.amp and self.device.type == "cuda"
         if args.amp and not self.amp:
             logger.info("--amp applies to CUDA only; training in float32 on %s", self.device)
+        self.precision = configure_precision(self.device, self.amp, args.tf32)
 
         self.dataset = build_train_set(
             args.data_dir, dataset=args.dataset, altitude=args.altitude, h=args.h, w=args.w,
@@ -288,7 +301,7 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, args.optimizer, args.lr, lion_lr_ratio=args.lion_lr_ratio,
                                            weight_decay=weight_decay, backbone_lr_scale=args.backbone_lr_scale)
         self.schedulers = build_schedulers(self.optimizers, milestones=args.steps, gamma=args.gamma)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = grad_scaler(self.device, self.amp)
         self.unfreezing = BiGradualUnfreezing(self.model, args.bigradual_n1, args.bigradual_n2)
         self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=args.seed, drop_last=True) if ctx.enabled else None
@@ -301,13 +314,6 @@ class Trainer:
         self.network = None
         self.interrupted = 0  # number of the first stop signal received (set by the handler in main)
         self.stopped = False  # training stopped early on a signal, after saving
-
-    def _device(self) -> torch.device:
-        if self.args.device == "cuda" or (self.args.device == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise UserError("--device cuda: no CUDA device is available")
-            return torch.device("cuda", self.ctx.local_rank)
-        return torch.device("cpu")
 
     # ----------------------------------------------------------------- checkpoints
     def state(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None) -> dict:
@@ -466,13 +472,16 @@ class Trainer:
             return
         self.scaler.scale(total).backward()
         # Under AMP the GradScaler skips steps with non-finite gradients (and lowers its scale) itself.
-        if not self.amp and not self._finite_gradients():
+        if not self.scaler.is_enabled() and not self._finite_gradients():
             self._skip_step(buffers, stats, epoch, index, f"non-finite gradients (loss {total.item():.4g})")
             return
         self.bad_steps = 0
-        for opt in self.optimizers.values():
-            self.scaler.step(opt)
-        self.scaler.update()
+        if not step_optimizers(self.optimizers.values(), self.scaler):
+            # The loss scale was too high for float16 gradients: the scaler skipped the step and
+            # lowered its scale, as it does early in every AMP run. Not a divergence.
+            self._restore_buffers(buffers)
+            stats.skipped += 1
+            return
         apply_constraints_(self.model)
         predictions = out_sat[0][0].detach().argmax(1), out_drone[0][0].detach().argmax(1)
         correct = int(sum((p == labels).sum() for p in predictions))
@@ -482,10 +491,13 @@ class Trainer:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))))
 
-    def _skip_step(self, buffers, stats: EpochStats, epoch: int, index: int, reason: str) -> None:
-        """Leave weights and buffers as they were; stop after --max_bad_steps bad steps in a row."""
+    def _restore_buffers(self, buffers) -> None:
         for buffer, saved in zip(self.model.buffers(), buffers):
             buffer.copy_(saved)
+
+    def _skip_step(self, buffers, stats: EpochStats, epoch: int, index: int, reason: str) -> None:
+        """Leave weights and buffers as they were; stop after --max_bad_steps bad steps in a row."""
+        self._restore_buffers(buffers)
         self.bad_steps += 1
         stats.skipped += 1
         self.logger.warning("epoch %d batch %d: %s; step skipped (%d in a row)", epoch, index, reason, self.bad_steps)
@@ -501,6 +513,7 @@ class Trainer:
             table = MetricsTable(self.run_dir, keep_through_epoch=self.start_epoch, rows=self.history)
         if self.history is None:  # a fresh run, or a checkpoint older than the record: start from the CSV
             self.history = list(table.rows) if table is not None else []
+        self.logger.info("precision: %s on %s", self.precision, self.device)
         exact, total = count_exact_binary(self.model)
         self.logger.info("%s: %d classes, %d training items, %d binary convolutions (%d with exactly ±1 "
                          "forward weights)", args.model, self.num_classes, len(self.dataset), total, exact)
@@ -546,8 +559,7 @@ def run_options(args, num_classes: int) -> dict:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device_type = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    ctx = init_distributed(device_type)
+    ctx = init_distributed(resolve_device(args.device).type)
     try:
         run_dir = Path(args.checkpoint_dir) / args.name
         if ctx.is_main:

@@ -1,6 +1,6 @@
 """Parameters and operations of the BiCrossNet students and the MCCG teachers, as Markdown tables.
 
-Counts come from :func:`utils.complexity.measure` (``torch.utils.flop_counter``) on the meta
+Counts come from :func:`models.complexity.measure` (``torch.utils.flop_counter``) on the meta
 device, so even BNext-L is counted from shapes in seconds. BNN convention: BOPs = MACs of binary
 convolutions, FLOPs = every other MAC; OPs = BOPs/64 + FLOPs (full-precision first and last
 layers) or BOPs/64 + FLOPs/8 (BNext's 8-bit first and last layers; meaningless for a
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from utils.complexity import build, human, measure
+from models.complexity import build, human, measure
 
 STUDENTS = [f"bicrossnet_bnext_{size}" for size in ("tiny", "small", "middle", "large")]
 TEACHERS = ["mccg_convnext_atto", "mccg_convnext_tiny"]

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from utils.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
+from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
 
 TRAIN_CLASSES, DISTRACTORS, DRONE_PER_CLASS = 701, 250, 54
 

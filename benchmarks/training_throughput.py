@@ -19,7 +19,8 @@ import torch
 
 import train
 from datasets.synthetic import generate_university
-from utils.distributed import DistributedContext
+from engine.distributed import DistributedContext
+from utils.device import DEVICE_CHOICES, device_label, resolve_device
 
 
 def parse_args(argv=None):
@@ -32,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="data-loading processes (default: train.py's default, min(8, cores))")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
+    parser.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler on CUDA, as train.py --amp")
     parser.add_argument("--data_dir", default=None,
                         help="University-1652-layout train folder (default: generate synthetic data)")
     return parser.parse_args(argv)
@@ -42,8 +45,8 @@ def measure(model: str, data_dir: str, run_dir: Path, opts) -> dict:
     optimizer = "sgd" if model.startswith("mccg_") else "adamlion"
     argv = ["--name", model, "--checkpoint_dir", str(run_dir), "--data_dir", data_dir, "--model", model,
             "--optimizer", optimizer, "--h", str(opts.size), "--w", str(opts.size), "--batchsize",
-            str(opts.batchsize), "--bigradual_n1", "0", "--bigradual_n2", "0", "--device", "cpu",
-            "--sample_num", str(opts.steps + opts.warmup)]
+            str(opts.batchsize), "--bigradual_n1", "0", "--bigradual_n2", "0", "--device", opts.device,
+            "--sample_num", str(opts.steps + opts.warmup)] + (["--amp"] if opts.amp else [])
     if opts.num_workers is not None:
         argv += ["--num_workers", str(opts.num_workers)]
     args = train.parse_args(argv)
@@ -60,6 +63,8 @@ def measure(model: str, data_dir: str, run_dir: Path, opts) -> dict:
         satellite, drone, labels = next(loader)
         fetched = time.perf_counter()
         trainer.train_step(satellite, drone, labels, stats, 0, step)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
         done = time.perf_counter()
         if step >= opts.warmup:
             waits.append(fetched - start)
@@ -80,8 +85,11 @@ def main(argv=None) -> None:
                                 test_places=1, distractor_places=0, drones_per_place=4, image_size=256, seed=0)
             data_dir = str(tmp / "data" / "train")
         rows = [measure(name, data_dir, tmp / "runs", opts) for name in (opts.student, opts.teacher)]
-    print(f"Training throughput on CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
-          f"{opts.size}x{opts.size}, batch {opts.batchsize} pairs, {opts.steps} timed steps\n")
+    device = resolve_device(opts.device)
+    where = f"CUDA: {device_label(device)}" if device.type == "cuda" else "CPU"
+    precision = "amp-fp16" if opts.amp and device.type == "cuda" else "fp32"
+    print(f"Training throughput on {where} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
+          f"{precision}, {opts.size}x{opts.size}, batch {opts.batchsize} pairs, {opts.steps} timed steps\n")
     print("| model | data workers | pairs / s | median step s | data-wait share |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -1,10 +1,10 @@
 """Class-folder scanning and image decoding that fail early with one clear :class:`UserError`.
 
 Both benchmarks store one folder per class (a 4-digit place id) holding that class's images.
-Every problem a user can fix — a misspelled root, a missing view folder, an empty class, a
+Every problem with the files — a misspelled root, a missing view folder, an empty class, a
 corrupt file — is reported with the offending path and what was expected, and image decoding
 errors are caught where the file is opened, so a DataLoader worker never dies on a traceback
-from deep inside PIL.
+from deep inside PIL. A bad argument value is a ValueError naming the parameter.
 """
 import difflib
 import struct
@@ -20,6 +20,7 @@ from utils.errors import UserError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 BAD_IMAGE_MODES = ("error", "skip")
 DATASETS = ("university", "sues")
+SUES_ALTITUDES = (150, 200, 250, 300)  # flight altitudes in metres, one folder each in SUES-200
 _EXTENSION_LIST = "/".join(IMG_EXTENSIONS)
 
 # What decoders raise on damaged files: OSError (incl. UnidentifiedImageError and "image file is
@@ -44,7 +45,8 @@ class BadImageError(UserError):
 
 def check_bad_image_mode(on_bad_image: str) -> str:
     if on_bad_image not in BAD_IMAGE_MODES:
-        raise UserError(f"on_bad_image={on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_MODES)}")
+        raise ValueError(f"on_bad_image={on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_MODES)} "
+                         "('skip' leaves unreadable images out)")
     return on_bad_image
 
 
@@ -113,16 +115,17 @@ def dataset_split_dir(data_dir, dataset: str, altitude, expected: str) -> Path:
     """The folder of one split: ``data_dir`` itself for University-1652, ``data_dir/<altitude>``
     for SUES-200 (whose splits hold one folder per flight altitude)."""
     if dataset not in DATASETS:
-        raise UserError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+        raise ValueError(f"dataset={dataset!r}: expected one of {', '.join(DATASETS)}")
     data_dir = require_dir(data_dir, expected)
     if dataset == "university":
         return data_dir
     available = sorted((p.name for p in data_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
     listing = ", ".join(available) or "none"
-    if altitude is None:
-        raise UserError(f"SUES-200 needs an altitude; altitude folders in {data_dir}: {listing}")
+    if not str(altitude).isdigit():
+        raise ValueError(f"altitude={altitude!r}: SUES-200 needs a flight altitude in metres; "
+                         f"altitude folders in {data_dir}: {listing}")
     if str(altitude) not in available:
-        raise UserError(f"altitude {altitude!r}: no folder {data_dir / str(altitude)}; "
+        raise UserError(f"no folder {data_dir / str(altitude)} for altitude {altitude}; "
                         f"altitude folders in {data_dir}: {listing}{_suggestion(data_dir / str(altitude))}")
     return data_dir / str(altitude)
 

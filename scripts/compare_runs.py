@@ -14,9 +14,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
-from utils.complexity import human, measure  # noqa: E402
+from models.complexity import human, measure  # noqa: E402
+from models.run import load_opts  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
-from utils.run import load_opts  # noqa: E402
 
 DIRECTIONS = (("Drone->Satellite", "D→S"), ("Satellite->Drone", "S→D"))
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 import models.registry
 from models.binary import HardBinaryConv, ReCUConv2d
 from models.bnext import BNEXT_CHANNELS, BNext
-from utils.complexity import main, measure
+from models.complexity import main, measure
 
 # BNext README: OPs (BOPs/64 + FLOPs/8) at 1x3x224x224, in G.
 PUBLISHED_OPS = {"tiny": 0.077, "small": 0.172, "middle": 0.317, "large": 0.819}

@@ -165,18 +165,25 @@ def test_build_train_set_sues_uses_the_altitude_folder(sues_root, sues_spec, alt
     assert all(p.parts[-4] == "300" for view in dataset.images.values() for paths in view for p in paths)
 
 
-@pytest.mark.parametrize("altitude, fragment", [(None, "needs an altitude"), (175, "175"), ("abc", "abc")])
-def test_sues_altitude_errors_list_the_available_ones(sues_root, altitude, fragment):
-    with pytest.raises(UserError, match=fragment) as info:
+@pytest.mark.parametrize("altitude, error, fragment", [
+    (None, ValueError, "altitude=None"),  # a bad argument names the parameter
+    ("abc", ValueError, "altitude='abc'"),
+    (175, UserError, "no folder {train}/175 for altitude 175"),  # a missing folder names the path
+])
+def test_sues_altitude_errors_list_the_available_ones(sues_root, altitude, error, fragment):
+    with pytest.raises(error) as info:
         build_train_set(sues_root / "train", "sues", altitude)
+    assert fragment.format(train=sues_root / "train") in str(info.value)
     assert f"altitude folders in {sues_root / 'train'}: 150, 300" in str(info.value)
 
 
-def test_unknown_dataset_and_bad_image_mode(university_root):
-    with pytest.raises(UserError, match="'cvusa'.*university, sues"):
+def test_bad_argument_values_are_value_errors_naming_the_parameter(university_root):
+    with pytest.raises(ValueError, match="dataset='cvusa'.*university, sues"):
         build_train_set(university_root / "train", "cvusa")
-    with pytest.raises(UserError, match="on_bad_image='ignore'"):
+    with pytest.raises(ValueError, match="on_bad_image='ignore'.*error, skip"):
         build_train_set(university_root / "train", on_bad_image="ignore")
+    with pytest.raises(ValueError, match="sample_num=0"):
+        CrossViewTrainSet(university_root / "train", RAW, sample_num=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +212,7 @@ def test_resolve_test_folders(university_root, sues_root):
     sues = sues_root / "test" / "150"
     assert resolve_test_folders(sues_root / "test", "sues", 150, 2) == (sues / "query_drone",
                                                                          sues / "gallery_satellite")
-    with pytest.raises(UserError, match="mode 3"):
+    with pytest.raises(ValueError, match="mode=3"):
         resolve_test_folders(test, "university", None, 3)
 
 

@@ -18,13 +18,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from datasets.synthetic import generate_sues
-from datasets.test import build_test_sets
+from datasets.retrieval import build_test_sets
 from models import build_model
-from utils.checkpoint import save_checkpoint
-from utils.features import extract_features, fuse_branches
-from utils.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
-from utils.run import load_trained_model, save_opts
-from utils.visualize import FRAME, GAP, MATCH, MISTAKE, grid_size, save_retrieval_grid, top_gallery
+from utils.files import save_checkpoint
+from evaluation.features import extract_features, fuse_branches
+from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
+from engine.run_dir import save_opts
+from models.run import load_trained_model
+from evaluation.visualize import FRAME, GAP, MATCH, MISTAKE, grid_size, save_retrieval_grid, top_gallery
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, NUM_CLASSES, SIZE = "bicrossnet_bnext_tiny", 6, 64
@@ -322,11 +323,12 @@ def test_cuda_requested_without_gpu(capsys, run_dir, university_root):
         CLI.main(["--name", run_dir.name, "--checkpoint_dir", str(run_dir.parent), "--test_dir",
                   str(university_root / "test"), "--device", "cuda"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: --device cuda: no CUDA device is available; use --device cpu"
+    assert capsys.readouterr().err.strip() == ("error: device 'cuda' was requested but no CUDA device "
+                                                "is available; use device 'cpu'")
 
 
 def test_packed_model_file_gives_the_same_metrics_as_its_checkpoint(evaluated, university_root, tmp_path):
-    from utils.packing import export_packed
+    from models.packing import export_packed
 
     run_dir, _, results = evaluated
     model, opts, _ = load_trained_model(run_dir)

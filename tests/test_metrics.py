@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics,
+from evaluation.metrics import (METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics,
                            retrieval_ranks, top1_percent_index)
 
 

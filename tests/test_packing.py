@@ -11,11 +11,11 @@ import export
 from models import build_model
 from models.binary import HardBinaryConv, ReCUConv2d
 from models.bnext import BNEXT_CHANNELS
-from utils.checkpoint import save_checkpoint
+from utils.files import save_checkpoint
 from utils.errors import UserError
-from utils.packing import (FORMAT_VERSION, signs_restore_exactly, binary_weight_bytes, export_packed, load_packed,
+from models.packing import (FORMAT_VERSION, signs_restore_exactly, binary_weight_bytes, export_packed, load_packed,
                            pack_signs, packed_bytes, serialized_bytes, unpack_signs)
-from utils.run import save_opts
+from engine.run_dir import save_opts
 
 STUDENT = "bicrossnet_bnext_tiny"
 NUM_CLASSES = 7

@@ -29,8 +29,10 @@ import test as evaluate
 import train
 from losses.objective import BiCrossNetLoss
 from models import build_model
-from utils.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
-from utils.run import save_opts
+from models._helpers import nonfinite_entries
+from models.run import load_checkpoint
+from utils.files import save_checkpoint
+from engine.run_dir import save_opts
 
 REPO = Path(__file__).resolve().parents[1]
 # One intra-op thread everywhere: bit-exact comparisons between this process and subprocesses

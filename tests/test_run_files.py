@@ -6,10 +6,13 @@ import pytest
 import torch
 import yaml
 
-from utils.checkpoint import atomic_write_bytes, load_checkpoint, load_model_state, save_checkpoint
+from models._helpers import load_model_state
+from models.run import load_checkpoint
+from utils.files import atomic_write_bytes, save_checkpoint
 from utils.errors import UserError
-from utils.run import checkpoint_name, load_opts, prepare_run_dir, resolve_run, save_opts
-from utils.training_log import MetricsTable
+from engine.run_dir import prepare_run_dir, save_opts
+from models.run import checkpoint_name, load_opts, resolve_run
+from engine.training_log import MetricsTable
 
 
 def test_save_checkpoint_round_trip_and_leaves_no_temporary(tmp_path):

@@ -48,3 +48,15 @@ def test_script_stops_before_training_when_the_dataset_is_missing(tmp_path):
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "missing/train" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_gpu_check_runs_on_cpu_and_says_what_it_skipped(tmp_path):
+    env = {**os.environ, "QUICK": "1", "GPU_CHECK_DIR": str(tmp_path / "gpu_check"), "CUDA_VISIBLE_DEVICES": "",
+           "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no CUDA device: running on the CPU; skipped:" in result.stdout
+    assert "phase 3" in (tmp_path / "gpu_check" / "checkpoints" / "student" / "train.log").read_text()
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| cpu_fp32 |"))
+    assert row.split("|")[2:4] == [" cpu ", " fp32 "]

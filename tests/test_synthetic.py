@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets import SUES_ALTITUDES
 from datasets.synthetic import MANIFEST, generate_sues, generate_university, main
 
 MICRO_UNIVERSITY = dict(train_places=2, test_places=2, distractor_places=1, drones_per_place=2, image_size=48)
@@ -173,7 +174,7 @@ def test_higher_altitude_sees_more_structure(sues_root, sues_spec):
 
 def test_cli_writes_and_summarises(tmp_path, capsys):
     out = tmp_path / "sues"
-    argv = ["--layout", "sues", "--out", str(out), "--places", "3", "--train-places", "2", "--drones", "2",
+    argv = ["--layout", "sues", "--out", str(out), "--places", "3", "--train_places", "2", "--drones", "2",
             "--size", "48", "--altitudes", "200"]
     main(argv)
     printed = capsys.readouterr().out
@@ -184,16 +185,57 @@ def test_cli_writes_and_summarises(tmp_path, capsys):
     assert tree_bytes(out) == first
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--layout", "sues", "--places", "3", "--train-places", "3"], "--train-places 3"),
-    (["--layout", "university", "--test-places", "0"], "--test-places 0"),
-    (["--layout", "sues", "--altitudes", "150", "150"], "--altitudes"),
+def test_cli_sues_places_alone_trains_on_a_share_of_them(tmp_path):
+    out = tmp_path / "sues"
+    main(["--layout", "sues", "--out", str(out), "--places", "6", "--drones", "1", "--size", "32",
+          "--altitudes", "150"])
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["parameters"]["train_places"] == 4
+    assert names(out / "train" / "150" / "drone") == ["0001", "0002", "0003", "0004"]
+    assert names(out / "test" / "150" / "query_drone") == ["0005", "0006"]
+    assert names(out / "test" / "150" / "gallery_satellite") == [f"{i:04d}" for i in range(1, 7)]
+
+
+def test_sues_default_altitudes_are_the_benchmark_ones(tmp_path):
+    generate_sues(tmp_path, places=2, drones_per_place=1, image_size=32)
+    altitudes = sorted(str(a) for a in SUES_ALTITUDES)
+    assert names(tmp_path / "train") == names(tmp_path / "test") == altitudes
+    assert json.loads((tmp_path / MANIFEST).read_text())["parameters"]["altitudes"] == list(SUES_ALTITUDES)
+
+
+def test_cli_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    options = " ".join(capsys.readouterr().out.split("options:")[1].split())
+    for flag, default in [("--test_places", "30"), ("--places", "50"), ("--size", "128"),
+                          ("--altitudes", " ".join(map(str, SUES_ALTITUDES)))]:
+        assert re.search(rf"{flag} [A-Z_]+ [^(]*\(default: {default}\)", options), flag
+    assert "(default: 40 for university, 60% of --places for sues)" in options
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layout", "sues", "--places", "3", "--train_places", "3"], "train_places=3: expected fewer than places=3"),
+    (["--layout", "university", "--test_places", "0"], "test_places=0: expected an integer >= 1"),
+    (["--layout", "sues", "--altitudes", "150", "150"], "altitudes=[150, 150]"),
 ])
-def test_cli_rejects_bad_counts(tmp_path, capsys, argv, flag):
+def test_cli_rejects_bad_counts(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         main(argv + ["--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert f"error: {flag}" in capsys.readouterr().err
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("generate, parameters, name", [
+    (generate_university, dict(drones_per_place=0), "drones_per_place=0"),
+    (generate_sues, dict(places=1), "places=1"),
+    (generate_sues, dict(image_size=16), "image_size=16"),
+])
+def test_generators_name_the_bad_parameter(tmp_path, generate, parameters, name):
+    with pytest.raises(ValueError, match=re.escape(name)):
+        generate(tmp_path / "out", **parameters)
+    assert not (tmp_path / "out").exists()
 
 
 def test_refuses_to_overwrite_foreign_data(tmp_path, capsys):

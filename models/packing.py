@@ -37,8 +37,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_model_state, save_checkpoint
-from .errors import UserError
+from utils.errors import UserError
+from utils.files import save_checkpoint
+
+from ._helpers import load_model_state
 
 FORMAT = "bicrossnet-packed"
 FORMAT_VERSION = 1

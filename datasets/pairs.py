@@ -37,7 +37,7 @@ class CrossViewTrainSet(Dataset):
         self.transforms = transforms
         self.on_bad_image = check_bad_image_mode(on_bad_image)
         if int(sample_num) != sample_num or sample_num < 1:
-            raise UserError(f"sample_num={sample_num}: expected an integer >= 1")
+            raise ValueError(f"sample_num={sample_num!r}: expected an integer >= 1")
         self.sample_num = int(sample_num)
         views = {view: scan_classes(self.root / view, f"{view} class folders of the training set")
                  for view in VIEWS}

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from utils.files import atomic_write_bytes, atomic_write_text
 
 METRICS_FILE = "metrics.csv"
 LOG_FILE = "train.log"

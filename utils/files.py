@@ -1,4 +1,4 @@
-"""Crash-safe checkpoint files.
+"""Reading and writing files safely: atomic writes, and torch files loaded without running code.
 
 A training run on the real data lasts days; a process killed while writing must never leave a
 half-written ``last.pth``. Every file is written to a temporary sibling ``.<name>.<random>.tmp``,
@@ -8,13 +8,14 @@ a power cut. A process killed between the write and the rename leaves only the t
 which :func:`remove_temporaries` clears on the next start.
 """
 import os
+import pickle
 import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Union
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 PathLike = Union[str, os.PathLike]
 TEMPORARY_GLOB = ".*.tmp"
@@ -81,46 +82,22 @@ def save_checkpoint(obj: Any, path: PathLike) -> None:
                         f"intact") from None
 
 
-def nonfinite_entries(state_dict: Dict[str, Any]) -> List[str]:
-    """Names of the floating-point tensors of ``state_dict`` that hold a NaN or an infinity."""
-    return [name for name, value in state_dict.items()
-            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+def read_torch_file(path: PathLike, what: str = "file", map_location="cpu") -> object:
+    """``torch.load`` restricted to tensors, numbers, strings and containers (``weights_only``).
 
-
-def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint dict, turning a missing, truncated or foreign file into a :class:`UserError`."""
+    A pickle that needs anything else could run code while it loads, whoever made the file, so
+    it is refused. ``what`` names the file's role in the one-line errors ("checkpoint", ...).
+    """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise UserError(f"{what} {path} is unreadable ({first_line(err)})") from None
+        raise UserError(f"{what} {path} holds executable content (pickled Python objects beyond tensors, "
+                        f"numbers, strings and containers) and is not loaded; if you trust it, convert it once "
+                        f"with `python -m models.upgrade {path}`") from None
     except Exception as err:  # torch raises several types for truncated or non-torch files
-        raise UserError(f"checkpoint {path} is unreadable (truncated or not a PyTorch file): {err}") from None
-    if not isinstance(obj, dict) or "model" not in obj:
-        raise UserError(f"checkpoint {path} is not a BiCrossNet checkpoint (expected a dict with a 'model' entry)")
-    return obj
-
-
-def load_model_state(model: torch.nn.Module, state_dict: dict, source: PathLike, model_name: str) -> None:
-    """Strictly load ``state_dict``; a mismatch says which model and file disagree, not a PyTorch dump."""
-    result = _strict_mismatch(model, state_dict)
-    if result:
-        raise UserError(f"checkpoint {source} does not match model {model_name!r}: {result}")
-    model.load_state_dict(state_dict, strict=True)
-
-
-def _strict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    parts = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
-        if items:
-            shown = ", ".join(items[:3]) + (f" … (+{len(items) - 3} more)" if len(items) > 3 else "")
-            parts.append(f"{len(items)} {label} ({shown})")
-    return "; ".join(parts)
+        raise UserError(f"{what} {path} is unreadable (truncated or not a PyTorch file): {first_line(err)}") from None

@@ -7,7 +7,7 @@ matmul. Two totals are reported:
 * ``ops``      = BOPs/64 + FLOPs        (full-precision first/last layers)
 * ``ops_8bit`` = BOPs/64 + FLOPs/8      (BNext's convention: first and last layers in 8 bit)
 
-Example: ``python -m utils.complexity --model bnext_tiny --h 224 --w 224 --batch 1``
+Example: ``python -m models.complexity --model bnext_tiny --h 224 --w 224 --batch 1``
 """
 import argparse
 import json

@@ -69,7 +69,7 @@ def resolve_test_folders(test_dir, dataset: str, altitude: Optional[int], mode: 
     (query_drone, gallery_satellite). SUES-200 keeps them under ``test_dir/<altitude>/``.
     """
     if mode not in MODES:
-        raise UserError(f"mode {mode!r}: expected 1 ({MODE_NAMES[1]}) or 2 ({MODE_NAMES[2]})")
+        raise ValueError(f"mode={mode!r}: expected 1 ({MODE_NAMES[1]}) or 2 ({MODE_NAMES[2]})")
     base = dataset_split_dir(test_dir, dataset, altitude, "the test folder of the dataset")
     query, gallery = (require_dir(base / name, f"the {name} folder of {MODE_NAMES[mode]} retrieval")
                       for name in MODES[mode])
