@@ -57,7 +57,9 @@ def size_table(label: str, model: torch.nn.Module, sizes: dict, packed_file: int
     rows = [
         (f"{label}: float weights (state dict only)", mib(sizes["weights"]), ""),
         (f"{label}: training checkpoint file", mib(sizes["file"]), ""),
-        (f"{label}: packed file", mib(packed_file), f"{sizes['weights'] / packed_file:.2f}x smaller than float weights"),
+        (f"{label}: packed file", mib(packed_file),
+         f"{sizes['weights'] / packed_file:.2f}x smaller than float weights" if binary["binary_params"]
+         else "no binary layers: the packed file holds the float weights"),
         (f"binary conv weights ({binary['binary_params'] / 1e6:.2f} M), float32", mib(binary["float32_bytes"]), ""),
         ("binary conv weights, packed", mib(binary["packed_bytes"]),
          f"{binary['float32_bytes'] / binary['packed_bytes']:.0f}x smaller" if binary["packed_bytes"] else "no binary layers"),
@@ -77,6 +79,18 @@ def max_feature_difference(model_a, model_b, batch: int, h: int, w: int, seed: i
     return (model_a(x) - model_b(x)).abs().max().item()
 
 
+def refuse_to_replace(out: Path) -> None:
+    """An existing ``--out`` may only be an earlier packed export: never a checkpoint, opts.yaml or
+    any other file of a run."""
+    if not out.exists():
+        return
+    try:
+        load_packed(out)
+    except UserError:
+        raise UserError(f"--out {out} exists and is not a packed model file; refusing to replace it "
+                        f"(choose another file)") from None
+
+
 @exit_on_user_error
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -86,8 +100,7 @@ def main(argv=None) -> None:
     if missing:
         raise UserError(f"{run_dir / 'opts.yaml'} has no {', '.join(missing)} entry; expected opts.yaml written by train.py")
     out = Path(args.out) if args.out else run_dir / f"{checkpoint_path.stem}_packed.pt"
-    if out.resolve() == checkpoint_path.resolve():
-        raise UserError(f"--out {out} would overwrite the checkpoint being exported; choose another file")
+    refuse_to_replace(out)
     export_packed(model, opts["model"], opts["model_options"], opts["num_classes"],
                   {key: opts.get(key) for key in EXTRA_META}, out)
     print(f"wrote {out}")

@@ -1,4 +1,4 @@
-"""Evaluate a trained run on the University-1652 or SUES-200 test split (DESIGN.md section 4).
+"""Evaluate a trained run on the University-1652 or SUES-200 test split (docs/method.md §4).
 
     python test.py --name RUN --test_dir data/University-1652/test [--mode both]
     python test.py --name RUN --test_dir data/SUES-200/test --altitude all
@@ -19,25 +19,24 @@ evaluates several directions or altitudes, each file is named
 top-10 gallery images, matches framed green and mistakes red.
 """
 import argparse
-import json
+import os
+import sys
 from pathlib import Path
 
-import scipy.io
-import torch
 from torch.utils.data import DataLoader
 
 from datasets import MODE_NAMES, SUES_ALTITUDES, build_test_sets
 from evaluation.features import extract_features
-from evaluation.metrics import evaluate_retrieval, format_metrics
+from evaluation.matfile import export_mat
+from evaluation.metrics import count_unmatched, evaluate_retrieval, format_metrics
+from evaluation.records import RESULTS_FILE, load_results, record_result
 from evaluation.visualize import save_retrieval_grid
 from models._helpers import check_input_size
 from models.packing import load_packed
 from models.run import checkpoint_name, load_opts, load_trained_model
 from utils.device import DEVICE_CHOICES, configure_precision, device_label, resolve_device
 from utils.errors import UserError, exit_on_user_error
-from utils.files import atomic_write_text
 
-RESULTS_FILE = "results.json"
 DATASET_TITLES = {"university": "University-1652", "sues": "SUES-200"}
 
 
@@ -78,7 +77,10 @@ def evaluation_plan(args, opts: dict):
     dataset = opts.get("dataset", "university")
     if dataset == "sues":
         altitude = args.altitude or opts.get("altitude")
-        altitudes = list(SUES_ALTITUDES) if altitude == "all" else [None if altitude is None else int(altitude)]
+        if altitude is None:
+            raise UserError("--altitude is needed: the run's options record no SUES-200 altitude (150, 200, 250, "
+                            "300 or all)")
+        altitudes = list(SUES_ALTITUDES) if altitude == "all" else [int(altitude)]
     elif args.altitude is not None:
         raise UserError(f"--altitude applies to SUES-200 runs only; {args.name or args.packed!r} was trained on {dataset!r}")
     else:
@@ -94,26 +96,6 @@ def result_key(dataset: str, altitude, mode: int) -> str:
 def file_tag(altitude, mode: int) -> str:
     direction = MODE_NAMES[mode].lower().replace("->", "_to_")
     return direction if altitude is None else f"{altitude}m_{direction}"
-
-
-def load_results(path: Path) -> dict:
-    """Earlier results of the run, read before evaluating so a damaged file fails fast."""
-    if not path.exists():
-        return {}
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err}); fix or delete it") from None
-    if not isinstance(results, dict):
-        raise UserError(f"{path} does not hold a JSON object; fix or delete it")
-    return results
-
-
-def export_mat(path: Path, query_set, query_features, gallery_set, gallery_features) -> None:
-    scipy.io.savemat(path, {
-        "query_f": query_features.numpy(), "query_label": query_set.labels.numpy(), "query_path": query_set.paths,
-        "gallery_f": gallery_features.numpy(), "gallery_label": gallery_set.labels.numpy(),
-        "gallery_path": gallery_set.paths})
 
 
 def extract(model, images, args, device, desc: str):
@@ -133,9 +115,7 @@ def print_table(dataset: str, rows: dict) -> None:
         print(f"{altitude:>6} m  " + "  ".join(f"{c:>17}" for c in cells))
 
 
-@exit_on_user_error
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def check_flags(args) -> None:
     if args.batchsize < 1 or args.num_workers < 0 or args.visualize < 0:
         raise UserError("--batchsize must be >= 1, --num_workers and --visualize >= 0")
     for flag in ("h", "w"):
@@ -143,6 +123,32 @@ def main(argv=None) -> int:
             raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if (args.name is None) == (args.packed is None):
         raise UserError("pass exactly one of --name RUN (a training run) or --packed FILE (an export.py file)")
+
+
+def check_writable(folder: Path) -> None:
+    """Results are saved beside the run: a folder that cannot take them fails before the long work."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{folder} is not writable, so {RESULTS_FILE} could not be saved there; "
+                        f"fix its permissions or evaluate a copy of the run")
+
+
+def evaluate_direction(model, sets, args, device) -> tuple:
+    """Descriptors and metrics of one (query, gallery) pair of sets; prints the familiar lines."""
+    query_set, gallery_set = sets
+    qf = extract(model, query_set, args, device, "query")
+    gf = extract(model, gallery_set, args, device, "gallery")
+    metrics = evaluate_retrieval(qf.to(device), query_set.labels, gf.to(device), gallery_set.labels)
+    unmatched = count_unmatched(query_set.labels, gallery_set.labels)
+    if unmatched:
+        print(f"note: {unmatched} of {len(query_set)} queries have no match in the gallery; "
+              f"they score 0 by protocol")
+    return qf, gf, dict(metrics, unmatched_queries=unmatched)
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_flags(args)
     if args.packed:
         model, opts = load_packed(args.packed)
         run_dir, source, epoch = Path(args.packed).parent, Path(args.packed).name, opts.get("epoch")
@@ -153,41 +159,51 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     precision = configure_precision(device, args.amp, args.tf32)
     h, w = args.h or opts["h"], args.w or opts["w"]
-    # Test folders and earlier results are checked before the (slow) model load: bad input fails at once.
+    # Test folders, earlier results and the run folder are checked before the (slow) model load.
     test_sets = {(altitude, mode): build_test_sets(args.test_dir, dataset, altitude, mode, h, w, args.on_bad_image)
                  for altitude in altitudes for mode in modes}
     results_path = run_dir / RESULTS_FILE
-    results, table = load_results(results_path), {}
+    load_results(results_path)
+    check_writable(run_dir)
     if not args.packed:
         model, _, checkpoint = load_trained_model(run_dir, args.which_epoch, opts=opts)
         source, epoch = checkpoint_name(args.which_epoch), checkpoint.get("epoch")
     model.to(device)
-    check_input_size(model, h, w, opts["model"])
+    try:
+        check_input_size(model, h, w, opts["model"])
+    except ValueError as err:
+        raise UserError(f"--h {h} --w {w}: {err}") from None
 
-    for (altitude, mode), (query_set, gallery_set) in test_sets.items():
-        qf = extract(model, query_set, args, device, "query")
-        gf = extract(model, gallery_set, args, device, "gallery")
-        metrics = evaluate_retrieval(qf.to(device), query_set.labels, gf.to(device), gallery_set.labels)
-        where = f" {altitude} m" if altitude is not None else ""
-        print(f"{DATASET_TITLES[dataset]}{where} {MODE_NAMES[mode]}: {len(query_set)} queries, "
-              f"{len(gallery_set)} gallery images ({run_dir.name}/{source}, {device_label(device)}, {precision})")
-        print(format_metrics(metrics))
-        results[result_key(dataset, altitude, mode)] = dict(
-            metrics, checkpoint=source, epoch=epoch,
-            num_queries=len(query_set), num_gallery=len(gallery_set), h=h, w=w, flip=not args.no_flip,
-            device=device_label(device), precision=precision)
-        atomic_write_text(results_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
-        table[altitude, mode] = metrics
-        tag = file_tag(altitude, mode)
-        if args.export_mat:
-            export_mat(run_dir / (f"pytorch_result_{tag}.mat" if len(test_sets) > 1 else "pytorch_result.mat"),
-                       query_set, qf, gallery_set, gf)
-        if args.visualize:
-            save_retrieval_grid(run_dir / f"retrieval_{tag}.png", query_set.paths, query_set.labels, qf,
-                                gallery_set.paths, gallery_set.labels, gf, num_queries=args.visualize)
+    table = {}
+    try:
+        for (altitude, mode), sets in test_sets.items():
+            where = f" {altitude} m" if altitude is not None else ""
+            print(f"{DATASET_TITLES[dataset]}{where} {MODE_NAMES[mode]}: {len(sets[0])} queries, "
+                  f"{len(sets[1])} gallery images ({run_dir.name}/{source}, {device_label(device)}, {precision})")
+            qf, gf, metrics = evaluate_direction(model, sets, args, device)
+            print(format_metrics(metrics))
+            record_result(results_path, result_key(dataset, altitude, mode), dict(
+                metrics, checkpoint=source, epoch=epoch, num_queries=len(sets[0]), num_gallery=len(sets[1]),
+                h=h, w=w, flip=not args.no_flip, device=device_label(device), precision=precision))
+            table[altitude, mode] = metrics
+            save_extras(args, run_dir, file_tag(altitude, mode), len(test_sets) > 1, sets, qf, gf)
+    except KeyboardInterrupt:
+        print(f"error: interrupted; the directions finished before are saved in {results_path}", file=sys.stderr)
+        return 130
     if len(altitudes) > 1:
         print_table(dataset, table)
     return 0
+
+
+def save_extras(args, run_dir: Path, tag: str, several: bool, sets, qf, gf) -> None:
+    """The optional ``.mat`` features and retrieval picture of one direction."""
+    query_set, gallery_set = sets
+    if args.export_mat:
+        export_mat(run_dir / (f"pytorch_result_{tag}.mat" if several else "pytorch_result.mat"),
+                   query_set, qf, gallery_set, gf)
+    if args.visualize:
+        save_retrieval_grid(run_dir / f"retrieval_{tag}.png", query_set.paths, query_set.labels, qf,
+                            gallery_set.paths, gallery_set.labels, gf, num_queries=args.visualize)
 
 
 if __name__ == "__main__":

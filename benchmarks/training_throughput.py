@@ -20,6 +20,8 @@ import torch
 import train
 from datasets.synthetic import generate_university
 from engine.distributed import DistributedContext
+from engine.state import EpochStats
+from engine.trainer import Trainer
 from utils.device import DEVICE_CHOICES, device_label, resolve_device
 
 
@@ -52,10 +54,10 @@ def measure(model: str, data_dir: str, run_dir: Path, opts) -> dict:
     args = train.parse_args(argv)
     (run_dir / model).mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("benchmark")
-    trainer = train.Trainer(args, DistributedContext(), run_dir / model, logger)
+    trainer = Trainer(args, DistributedContext(), run_dir / model, logger)
     trainer._enter_phase(0)
     trainer.model.train()
-    stats = train.EpochStats()
+    stats = EpochStats()
     loader = iter(trainer._loader(0))
     waits, computes = [], []
     for step in range(opts.warmup + opts.steps):

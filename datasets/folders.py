@@ -17,7 +17,9 @@ from PIL import Image
 
 from utils.errors import UserError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The raster formats Pillow decodes natively; files with other extensions are not images.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm",
+                  ".pgm", ".pbm", ".pnm", ".tga")
 BAD_IMAGE_MODES = ("error", "skip")
 DATASETS = ("university", "sues")
 SUES_ALTITUDES = (150, 200, 250, 300)  # flight altitudes in metres, one folder each in SUES-200

@@ -1,4 +1,4 @@
-"""Query and gallery sets of the retrieval protocol (DESIGN.md section 4)."""
+"""Query and gallery sets of the retrieval protocol (docs/method.md §4)."""
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -15,6 +15,18 @@ from .transforms import build_test_transform
 # mode -> (query folder, gallery folder)
 MODES = {1: ("query_satellite", "gallery_drone"), 2: ("query_drone", "gallery_satellite")}
 MODE_NAMES = {1: "Satellite->Drone", 2: "Drone->Satellite"}
+
+
+def class_id(folder: Path) -> int:
+    """The integer id of a test class folder, whose name must be digits only (``0001``, ``23``).
+
+    ``int()`` alone would accept ``-1`` (the protocol's junk label, silently dropped from every
+    ranking), ``0_1`` or `` 1 ``, so the name is checked first.
+    """
+    if not (folder.name.isascii() and folder.name.isdigit()):
+        raise UserError(f"class folder {folder} is not a non-negative integer id; expected digits only, "
+                        f"such as 0001")
+    return int(folder.name)
 
 
 def _is_readable(path) -> bool:
@@ -37,13 +49,13 @@ class RetrievalFolder(Dataset):
         self.transform = transform
         self.on_bad_image = check_bad_image_mode(on_bad_image)
         classes = scan_classes(folder, "a query or gallery folder of class folders named by integer id")
-        samples = []
+        samples, seen = [], {}
         for name, paths in classes.items():
-            try:
-                label = int(name)
-            except ValueError:
-                raise UserError(f"class folder {self.folder / name} is not an integer id; "
-                                "expected names like 0001") from None
+            label = class_id(self.folder / name)
+            if label in seen:
+                raise UserError(f"class folders {self.folder / seen[label]} and {self.folder / name} name the same "
+                                f"id {label}; expected one folder per id")
+            seen[label] = name
             samples += [(path, label) for path in paths]
         if self.on_bad_image == "skip":
             # Decoding is mostly C code that releases the GIL, so threads check files in parallel.

@@ -1,4 +1,4 @@
-"""Training and test image transforms of the BiCrossNet recipe (DESIGN.md section 3).
+"""Training and test image transforms of the BiCrossNet recipe (docs/method.md §3).
 
 Drone and satellite images get different augmentations because their nuisances differ: drone
 views vary in photometry and suffer occlusion (AutoAugment, random erasing), while a satellite

@@ -2,6 +2,7 @@
 import csv
 import io
 import logging
+import logging.handlers
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -13,30 +14,57 @@ LOG_FILE = "train.log"
 CURVE_FILE = "loss_curve.png"
 
 
-def setup_logger(run_dir: Path, is_main: bool) -> logging.Logger:
-    """Log to stdout and ``train.log`` on the main process; other ranks only warn on stderr.
+class _PrintableFormatter(logging.Formatter):
+    """Escapes what no text file can hold: paths that are not UTF-8, which Python keeps as
+    surrogate characters, come out as ``\\udcXX`` instead of breaking the handler."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_FORMAT = _PrintableFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+_LOGGERS = ("bicrossnet", "py.warnings")
+
+
+def _handler(handler: logging.Handler) -> logging.Handler:
+    handler.setFormatter(_FORMAT)
+    return handler
+
+
+def setup_logger(is_main: bool) -> logging.Logger:
+    """Log to stdout on the main process (other ranks only warn on stderr), and hold the main
+    process's records until :func:`attach_log_file` names the run's ``train.log``: the run folder
+    is created only once every check has passed.
 
     Python warnings (such as images skipped with ``--on_bad_image skip``, raised in DataLoader
     workers, which inherit these handlers) go to the same places, so ``train.log`` keeps them.
     """
-    logger = logging.getLogger("bicrossnet")
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [_handler(logging.StreamHandler(sys.stdout if is_main else sys.stderr))]
     if is_main:
-        handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir) / LOG_FILE)]
-    else:
-        handlers = [logging.StreamHandler(sys.stderr)]
-    for handler in handlers:
-        handler.setFormatter(fmt)
+        handlers.append(_handler(logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)))
     logging.captureWarnings(False)  # re-install, in case warnings.showwarning changed since an earlier run
     logging.captureWarnings(True)
-    for name, level in (("bicrossnet", logging.INFO if is_main else logging.WARNING), ("py.warnings", logging.WARNING)):
+    for name, level in zip(_LOGGERS, (logging.INFO if is_main else logging.WARNING, logging.WARNING)):
         target = logging.getLogger(name)
         for old in target.handlers:
             old.close()
         target.handlers = list(handlers)
         target.propagate = False
         target.setLevel(level)
-    return logger
+    return logging.getLogger("bicrossnet")
+
+
+def attach_log_file(run_dir: Path) -> None:
+    """Write the held records and everything after them to ``run_dir/train.log``."""
+    file_handler = _handler(logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8"))
+    for name in _LOGGERS:
+        target = logging.getLogger(name)
+        for held in [h for h in target.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+            held.setTarget(file_handler)
+            held.flush()
+            target.removeHandler(held)
+            held.buffer.clear()
+        target.addHandler(file_handler)
 
 
 class MetricsTable:

@@ -1,4 +1,4 @@
-"""Retrieval descriptors of a trained single-view network (DESIGN.md section 4).
+"""Retrieval descriptors of a trained single-view network (docs/method.md §4).
 
 Each image is embedded together with its horizontal mirror (flip test-time augmentation); the
 branch features of the MCCG head are L2-normalized one by one and scaled by 1/sqrt(branches),

@@ -1,6 +1,6 @@
 """Retrieval metrics of the University-1652 protocol: Recall@1/5/10, Recall@top1% and AP.
 
-The semantics are those of the official ``evaluate``/``compute_mAP`` (DESIGN.md section 4):
+The semantics are those of the official ``evaluate``/``compute_mAP`` (docs/method.md §4):
 
 * score = dot product of query and gallery features; the gallery is ranked by descending score;
 * good = gallery items carrying the query's label; junk = gallery items labelled -1, removed from
@@ -35,6 +35,12 @@ METRIC_NAMES = tuple(f"recall@{k}" for k in RECALL_AT) + ("recall@top1", "ap")
 _PAIRS_PER_CHUNK = 1 << 22
 _INT64_MIN = torch.iinfo(torch.int64).min
 _INT64_MAX = torch.iinfo(torch.int64).max
+
+
+def count_unmatched(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> int:
+    """How many queries have no good item in the gallery (they score 0 by protocol)."""
+    real = gallery_labels[gallery_labels != -1]
+    return int((~torch.isin(query_labels, real)).sum())
 
 
 def top1_percent_index(gallery_size: int) -> int:

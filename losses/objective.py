@@ -3,13 +3,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.errors import UserError
-
 from .distillation import kl_distillation, mse_distillation
 from .triplet import cross_view_triplet_loss
 
 __all__ = ["BiCrossNetLoss", "KD_MODES"]
 
+# Distillation losses: Hinton KL on softened logits, or the released logits+features MSE.
 KD_MODES = ("kl", "mse")
 
 
@@ -31,11 +30,11 @@ class BiCrossNetLoss(nn.Module):
     def __init__(self, triplet_margin=0.3, kd_weight=0.0, kd_temperature=4.0, kd_mode="kl"):
         super().__init__()
         if kd_mode not in KD_MODES:
-            raise UserError(f"--kd_mode must be one of {', '.join(KD_MODES)}, got {kd_mode!r}")
+            raise ValueError(f"kd_mode must be one of {', '.join(KD_MODES)}, got {kd_mode!r}")
         if kd_weight < 0:
-            raise UserError(f"--kd_weight must be >= 0, got {kd_weight}")
+            raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
         if kd_mode == "kl" and kd_temperature <= 0:
-            raise UserError(f"--kd_temperature must be > 0, got {kd_temperature}")
+            raise ValueError(f"kd_temperature must be > 0 for kd_mode 'kl', got {kd_temperature}")
         self.triplet_margin = triplet_margin
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature

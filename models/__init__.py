@@ -1,9 +1,13 @@
 """Networks of BiCrossNet: binary BNext backbones, the MCCG head, students and teachers.
 
-Importing the package registers every model name (see :func:`list_models`).
+Importing the package registers every model name: :func:`list_models` gives the two-view
+retrieval networks (``bicrossnet_bnext_*`` students, ``mccg_convnext_*`` teachers),
+``list_models(None)`` adds the bare ImageNet backbones (``bnext_*``).
 """
-from . import bicrossnet, teacher  # noqa: F401  (registers bicrossnet_bnext_* and mccg_convnext_*)
-from .registry import build_model, is_model, list_models, register_model
+from . import bicrossnet, teacher  # noqa: F401  (their @register_model builders fill the registry)
+from ._registry import build_model, list_models, model_option_names, register_model
+from .packing import load_packed
+from .run import load_run
 from .two_view import TwoViewNet
 
-__all__ = ["TwoViewNet", "build_model", "is_model", "list_models", "register_model"]
+__all__ = ["TwoViewNet", "build_model", "list_models", "load_packed", "load_run", "model_option_names", "register_model"]

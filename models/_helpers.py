@@ -1,13 +1,20 @@
-"""Helpers shared by every model family: strict state-dict loading with a readable mismatch
-report, and an input-size probe (in the spirit of timm's ``_helpers.py``)."""
-from typing import Any, Dict, List, Union
-import os
+"""Helpers shared by every model family (in the spirit of timm's ``_helpers.py``): the one loader
+of weights files, strict state-dict loading with a readable mismatch report, and an input-size probe."""
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
+from utils.files import PathLike, read_torch_file
 
-PathLike = Union[str, os.PathLike]
+StateDict = Dict[str, Any]
+# ``filter_fn(state_dict, model) -> state_dict``: a family's mapping of its published layout.
+FilterFn = Callable[[StateDict, torch.nn.Module], StateDict]
+
+# Where weights files keep their state dict, in timm's order of preference (EMA weights first).
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+# Key prefix that (Distributed)DataParallel adds to every key of the model it wraps.
+WRAPPER_PREFIX = "module."
 
 
 def nonfinite_entries(state_dict: Dict[str, Any]) -> List[str]:
@@ -16,15 +23,8 @@ def nonfinite_entries(state_dict: Dict[str, Any]) -> List[str]:
             if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
-def load_model_state(model: torch.nn.Module, state_dict: dict, source: PathLike, model_name: str) -> None:
-    """Strictly load ``state_dict``; a mismatch says which model and file disagree, not a PyTorch dump."""
-    result = state_dict_mismatch(model, state_dict)
-    if result:
-        raise UserError(f"checkpoint {source} does not match model {model_name!r}: {result}")
-    model.load_state_dict(state_dict, strict=True)
-
-
-def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
+def state_dict_mismatch(model: torch.nn.Module, state_dict: Mapping[str, Any]) -> str:
+    """One line naming missing, unexpected and wrongly shaped keys ('' when ``state_dict`` fits)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -41,10 +41,50 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
     return "; ".join(parts)
 
 
+def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, Any], source: PathLike, model_name: str,
+                     what: str = "checkpoint") -> None:
+    """Strictly load ``state_dict``; a mismatch says which model and file disagree, not a PyTorch dump."""
+    mismatch = state_dict_mismatch(model, state_dict)
+    if mismatch:
+        raise UserError(f"{what} {source} does not match model {model_name!r}: {mismatch}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _state_dict_in(obj: Any, path: PathLike, what: str) -> StateDict:
+    """The tensors of a weights file: a bare state dict or one under a :data:`STATE_DICT_KEYS` entry,
+    with a DataParallel ``module.`` prefix removed."""
+    if isinstance(obj, Mapping):
+        obj = next((obj[key] for key in STATE_DICT_KEYS if isinstance(obj.get(key), Mapping)), obj)
+    if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise UserError(f"{what} {path} holds no state dict (expected a dict of tensors, bare or under one of "
+                        f"{', '.join(repr(k) for k in STATE_DICT_KEYS)})")
+    if all(k.startswith(WRAPPER_PREFIX) for k in obj):
+        return {k[len(WRAPPER_PREFIX):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def load_weights_file(model: torch.nn.Module, path: PathLike, model_name: str,
+                      filter_fn: Optional[FilterFn] = None, what: str = "weights file") -> None:
+    """Load a published weights file strictly into ``model``.
+
+    The file is read weights-only (a pickle that would run code is refused), its state dict
+    unwrapped, then mapped by the family's ``filter_fn``; any problem is one :class:`UserError`
+    line naming the file.
+    """
+    state = _state_dict_in(read_torch_file(path, what), path, what)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except (KeyError, RuntimeError) as err:  # a filter looking up or reshaping keys the file lacks
+            raise UserError(f"{what} {path} does not match model {model_name!r} ({type(err).__name__}: "
+                            f"{first_line(err)})") from None
+    load_model_state(model, state, path, model_name, what)
+
+
 def check_input_size(model: torch.nn.Module, h: int, w: int, model_name: str) -> None:
     """Run ``model`` once on an ``h``×``w`` zero image, so an input size its strided layers cannot
-    take is one clear error before any work starts rather than a traceback from deep inside the
-    network (the accepted sizes differ between backbones; multiples of 32 always work).
+    take is one clear ``ValueError`` before any work starts rather than a traceback from deep
+    inside the network (the accepted sizes differ between backbones; multiples of 32 always work).
     Leaves the model's train/eval mode, buffers and the RNG untouched."""
     was_training = model.training
     device = next(model.parameters()).device
@@ -52,7 +92,7 @@ def check_input_size(model: torch.nn.Module, h: int, w: int, model_name: str) ->
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, h, w, device=device))
     except RuntimeError as err:
-        raise UserError(f"--h {h} --w {w}: {model_name} cannot take {h}x{w} inputs "
-                        f"({str(err).splitlines()[0]}); use multiples of 32 such as 256") from None
+        raise ValueError(f"{model_name} cannot take {h}x{w} inputs ({first_line(err)}); "
+                         f"use multiples of 32 such as 256") from None
     finally:
         model.train(was_training)

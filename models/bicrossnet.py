@@ -10,11 +10,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .bnext import BNext, load_bnext_checkpoint
-from .mccg import MCCGHead
-from .registry import register_variant
+from utils.files import PathLike
 
-BNEXT_SIZES = ("tiny", "small", "middle", "large")
+from ._helpers import load_weights_file
+from ._registry import register_model
+from .bnext import BNext, checkpoint_filter_fn
+from .mccg import MCCGHead
 
 
 class BiCrossNet(nn.Module):
@@ -40,9 +41,8 @@ class BiCrossNet(nn.Module):
         return self.head(*self.forward_backbone(x))
 
 
-def bicrossnet_bnext(size: str, num_classes: int, block: int = 2, head_input: str = "spatial",
-                     binarizer: str = "bnext", temperature: float = 0.0,
-                     backbone_weights: Optional[str] = None) -> BiCrossNet:
+def _create_bicrossnet_bnext(size: str, num_classes: int, block: int, head_input: str, binarizer: str,
+                             temperature: float, backbone_weights: Optional[PathLike]) -> BiCrossNet:
     """BNext of ``size`` without its ImageNet classifier, plus the MCCG head.
 
     ``temperature`` 0 makes the forward weights exactly sign(w) from the first step: a student
@@ -51,9 +51,34 @@ def bicrossnet_bnext(size: str, num_classes: int, block: int = 2, head_input: st
     """
     backbone = BNext(size, num_classes=0, binarizer=binarizer, temperature=temperature)
     if backbone_weights is not None:
-        load_bnext_checkpoint(backbone, backbone_weights)
+        load_weights_file(backbone, backbone_weights, f"bnext_{size}", checkpoint_filter_fn)
     return BiCrossNet(backbone, MCCGHead(backbone.num_features, num_classes, block=block, head_input=head_input))
 
 
-for _size in BNEXT_SIZES:
-    register_variant(bicrossnet_bnext, _size, f"bicrossnet_bnext_{_size}")
+@register_model
+def bicrossnet_bnext_tiny(num_classes: int, block: int = 2, head_input: str = "spatial", binarizer: str = "bnext",
+                          temperature: float = 0.0, backbone_weights: Optional[PathLike] = None) -> BiCrossNet:
+    """BiCrossNet student on BNext-T."""
+    return _create_bicrossnet_bnext("tiny", num_classes, block, head_input, binarizer, temperature, backbone_weights)
+
+
+@register_model
+def bicrossnet_bnext_small(num_classes: int, block: int = 2, head_input: str = "spatial", binarizer: str = "bnext",
+                           temperature: float = 0.0, backbone_weights: Optional[PathLike] = None) -> BiCrossNet:
+    """BiCrossNet student on BNext-S."""
+    return _create_bicrossnet_bnext("small", num_classes, block, head_input, binarizer, temperature, backbone_weights)
+
+
+@register_model
+def bicrossnet_bnext_middle(num_classes: int, block: int = 2, head_input: str = "spatial", binarizer: str = "bnext",
+                            temperature: float = 0.0, backbone_weights: Optional[PathLike] = None) -> BiCrossNet:
+    """BiCrossNet student on BNext-M."""
+    return _create_bicrossnet_bnext("middle", num_classes, block, head_input, binarizer, temperature,
+                                    backbone_weights)
+
+
+@register_model
+def bicrossnet_bnext_large(num_classes: int, block: int = 2, head_input: str = "spatial", binarizer: str = "bnext",
+                           temperature: float = 0.0, backbone_weights: Optional[PathLike] = None) -> BiCrossNet:
+    """BiCrossNet student on BNext-L."""
+    return _create_bicrossnet_bnext("large", num_classes, block, head_input, binarizer, temperature, backbone_weights)

@@ -139,7 +139,7 @@ class ReCUConv2d(BinaryConv2d):
     (``w1 = 2*sqrt(2) * (w - mean) / std``, statistics over in-channels and kernel), while the
     quantile ``Q_tau = -mean|w1| * ln(2 - 2*tau)`` is one value per layer. Weights beyond
     ``Q_tau`` are clamped (their gradient is zero), the rest pass the sign straight through.
-    ``tau`` rises from 0.85 to 0.99 over training (:func:`recu_tau`).
+    ``tau`` rises from 0.85 to 0.99 over training (:class:`BinarizerSchedule`).
     """
 
     def __init__(self, in_chs, out_chs, kernel_size, stride=1, padding=0, tau: float = 0.85):
@@ -189,32 +189,46 @@ def apply_constraints_(model: nn.Module) -> None:
             module.constrain_()
 
 
-def set_temperature(model: nn.Module, value: float) -> None:
-    """Set the temperature of every :class:`HardBinaryConv` (0 = pure sign)."""
-    for m in binary_convs(model):
-        if isinstance(m, HardBinaryConv):
-            m.temperature.fill_(value)
+class BinarizerSchedule:
+    """The per-epoch schedules of the binarizers, owned in one place so a trainer only calls
+    :meth:`start_epoch` and :meth:`end_epoch`.
 
+    * ReCU: ``tau(e) = A*exp(e/E) + B`` rises from 0.85 at epoch 0 to 0.99 at epoch ``E = epochs``
+      (``A = 0.14 / (exp(1) - 1)``, ``B = 0.85 - A``), set on every :class:`ReCUConv2d` as an epoch starts.
+    * BNext: every :class:`HardBinaryConv` temperature is multiplied by ``temperature_decay`` as an
+      epoch ends (the BNext recipe uses 0.9; 1 keeps it fixed). The temperature lives in the model's
+      buffers, so a resumed run continues from the checkpoint's value.
+    """
 
-def anneal_temperature(model: nn.Module, factor: float) -> None:
-    """Multiply the temperature of every :class:`HardBinaryConv` by ``factor`` (BNext: 0.9 per epoch)."""
-    for m in binary_convs(model):
-        if isinstance(m, HardBinaryConv):
-            m.temperature.mul_(factor)
+    def __init__(self, model: nn.Module, epochs: int, temperature_decay: float = 1.0):
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if temperature_decay < 0:
+            raise ValueError(f"temperature_decay must be >= 0, got {temperature_decay}")
+        self.epochs = epochs
+        self.temperature_decay = temperature_decay
+        self._recu = [m for m in binary_convs(model) if isinstance(m, ReCUConv2d)]
+        self._hard = [m for m in binary_convs(model) if isinstance(m, HardBinaryConv)]
 
+    def tau(self, epoch: float) -> float:
+        """ReCU's ``tau`` at (0-based) ``epoch``."""
+        a = (0.99 - 0.85) / (math.e - 1)
+        b = 0.85 - a
+        return a * math.exp(epoch / self.epochs) + b
 
-def recu_tau(epoch: float, epochs: int) -> float:
-    """ReCU schedule ``tau(e) = A*exp(e/E) + B``: 0.85 at epoch 0, 0.99 at epoch ``epochs``."""
-    a = (0.99 - 0.85) / (math.e - 1)
-    b = 0.85 - a
-    return a * math.exp(epoch / epochs) + b
-
-
-def set_recu_tau(model: nn.Module, tau: float) -> None:
-    """Set ``tau`` of every :class:`ReCUConv2d`."""
-    for m in binary_convs(model):
-        if isinstance(m, ReCUConv2d):
+    def start_epoch(self, epoch: int) -> None:
+        """Set the ReCU ``tau`` of 0-based ``epoch`` (nothing to do without ReCU convolutions)."""
+        if not 0 <= epoch < self.epochs:
+            raise ValueError(f"epoch must be in [0, {self.epochs}), got {epoch}")
+        tau = self.tau(epoch)
+        for m in self._recu:
             m.tau.fill_(tau)
+
+    def end_epoch(self) -> None:
+        """Decay the BNext temperatures once (nothing to do when ``temperature_decay`` is 1)."""
+        if self.temperature_decay != 1.0:
+            for m in self._hard:
+                m.temperature.mul_(self.temperature_decay)
 
 
 @torch.no_grad()

@@ -10,14 +10,12 @@ Structure (``ch`` = channel list of the size, index 0 = stem):
   The 3x3 unit is an ELM-Attention unit for even i and a plain unit otherwise.
 * head: ``prelu`` -> global average pool -> ``fc``.
 """
-import os
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List
 
 import torch
 import torch.nn as nn
 
-from utils.errors import UserError
-
+from ._registry import BACKBONE, register_model
 from .binary import ApproxSign, HardBinaryConv, HardSign, LearnableBias, ReCUConv2d
 
 BNEXT_CHANNELS: Dict[str, List[int]] = {
@@ -27,6 +25,8 @@ BNEXT_CHANNELS: Dict[str, List[int]] = {
     "large": [64] + [128] + [256] * 4 + [512] * 4 + [1024] * 16 + [2048] * 4,
 }
 BINARIZERS = ("bnext", "recu")
+# Keys of the ImageNet classifier in the official checkpoints.
+CLASSIFIER_PREFIX = "fc."
 
 
 class SqueezeExpand(nn.Module):
@@ -76,8 +76,10 @@ class BinaryUnit(nn.Module):
 
     def binary_branch(self, x: torch.Tensor) -> torch.Tensor:
         z = self.activation2(self.norm1(self.binary_conv(self.binary_activation(self.move(x)))))
-        scale = self.scale.clamp(0, 1)
-        mix = scale * self.pool(x) + (1 - scale) * z
+        # The scale is kept in [0, 1] by ``constrain_`` after every optimizer step, not clamped here:
+        # checkpoints of the released code hold 3×3-unit scales just outside the range that its
+        # forward uses as they are.
+        mix = self.scale * self.pool(x) + (1 - self.scale) * z
         return self.se(mix) * z
 
     @torch.no_grad()
@@ -158,9 +160,9 @@ class BNext(nn.Module):
                  temperature: float = 1.0):
         super().__init__()
         if size not in BNEXT_CHANNELS:
-            raise UserError(f"BNext size {size!r} is unknown; choose one of: {', '.join(BNEXT_CHANNELS)}")
+            raise ValueError(f"size must be one of {', '.join(BNEXT_CHANNELS)}, got {size!r}")
         if binarizer not in BINARIZERS:
-            raise UserError(f"binarizer {binarizer!r} is unknown; choose one of: {', '.join(BINARIZERS)}")
+            raise ValueError(f"binarizer must be one of {', '.join(BINARIZERS)}, got {binarizer!r}")
         self.size = size
         ch = BNEXT_CHANNELS[size]
         blocks = [Stem(ch[0])]
@@ -189,87 +191,31 @@ class BNext(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def bnext_tiny(num_classes: int = 1000, **kwargs) -> BNext:
-    return BNext("tiny", num_classes, **kwargs)
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BNext) -> Dict[str, torch.Tensor]:
+    """Official BNext weights for ``model``: a classifier-free model drops the ImageNet ``fc``, so
+    the ImageNet head never silently replaces a task head (a model with a classifier keeps it)."""
+    if model.num_classes > 0:
+        return state_dict
+    return {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIX)}
 
 
-def bnext_small(num_classes: int = 1000, **kwargs) -> BNext:
-    return BNext("small", num_classes, **kwargs)
+# Bare ImageNet backbones, for the complexity counts against BNext's published figures.
+
+@register_model(kind=BACKBONE)
+def bnext_tiny(num_classes: int = 1000, binarizer: str = "bnext", temperature: float = 1.0) -> BNext:
+    return BNext("tiny", num_classes, binarizer, temperature)
 
 
-def bnext_middle(num_classes: int = 1000, **kwargs) -> BNext:
-    return BNext("middle", num_classes, **kwargs)
+@register_model(kind=BACKBONE)
+def bnext_small(num_classes: int = 1000, binarizer: str = "bnext", temperature: float = 1.0) -> BNext:
+    return BNext("small", num_classes, binarizer, temperature)
 
 
-def bnext_large(num_classes: int = 1000, **kwargs) -> BNext:
-    return BNext("large", num_classes, **kwargs)
+@register_model(kind=BACKBONE)
+def bnext_middle(num_classes: int = 1000, binarizer: str = "bnext", temperature: float = 1.0) -> BNext:
+    return BNext("middle", num_classes, binarizer, temperature)
 
 
-BNEXT_BUILDERS = {fn.__name__: fn for fn in (bnext_tiny, bnext_small, bnext_middle, bnext_large)}
-
-CLASSIFIER_PREFIX = "fc."
-
-
-def _read_state_dict(source: Union[str, os.PathLike]) -> Mapping[str, torch.Tensor]:
-    """The state dict stored in a BNext ``.pth.tar`` (under ``state_dict``) or a bare one."""
-    if not os.path.isfile(source):
-        raise UserError(f"BNext checkpoint {source} does not exist")
-    try:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"BNext checkpoint {source} could not be read as a PyTorch checkpoint ({first_line})") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"BNext checkpoint {source} holds no state dict (expected a dict of tensors, "
-                        "bare or under 'state_dict')")
-    return obj
-
-
-def _examples(items, limit: int = 3) -> str:
-    items = list(items)
-    more = f", ... ({len(items)} in all)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
-def load_bnext_checkpoint(model: BNext, path_or_state: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
-                          drop_classifier: Optional[bool] = None) -> BNext:
-    """Load official BNext weights strictly into ``model``; a mismatch is a :class:`UserError`.
-
-    ``path_or_state`` is a ``.pth.tar`` path (state dict under ``state_dict``), a path to a bare
-    state dict, or a state dict; a ``module.`` prefix (DataParallel) is removed.
-    ``drop_classifier`` ignores the file's ``fc.*`` keys (the model's classifier, if any, keeps
-    its initialization). By default it is on exactly when the model has no classifier
-    (``num_classes=0``), so the ImageNet head never silently replaces a task head.
-    """
-    if isinstance(path_or_state, Mapping):
-        source, state = "state dict", path_or_state
-    else:
-        source, state = str(path_or_state), _read_state_dict(path_or_state)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    if drop_classifier is None:
-        drop_classifier = not isinstance(getattr(model, "fc", None), nn.Linear)
-    expected = model.state_dict()
-    if drop_classifier:
-        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX)}
-        expected = {k: v for k, v in expected.items() if not k.startswith(CLASSIFIER_PREFIX)}
-
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} (file {list(v.shape)}, model {list(expected[k].shape)})"
-                  for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_examples(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_examples(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches: {_examples(mismatched)}")
-        size = getattr(model, "size", "?")
-        raise UserError(f"{source} does not match BNext-{size} "
-                        f"(binarizer and num_classes must match the file): {'; '.join(problems)}")
-    model.load_state_dict(state, strict=not drop_classifier)
-    return model
+@register_model(kind=BACKBONE)
+def bnext_large(num_classes: int = 1000, binarizer: str = "bnext", temperature: float = 1.0) -> BNext:
+    return BNext("large", num_classes, binarizer, temperature)

@@ -11,14 +11,16 @@ Example: ``python -m models.complexity --model bnext_tiny --h 224 --w 224 --batc
 """
 import argparse
 import json
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.binary import binary_convs
 from utils.errors import UserError, exit_on_user_error
+
+from ._registry import BACKBONE, build_model, list_models
+from .binary import binary_convs
 
 
 @torch.no_grad()
@@ -84,24 +86,20 @@ def format_table(stats: Dict[str, float]) -> str:
     return "\n".join(f"{name:<26}{human(value):>12}" for name, value in rows)
 
 
-def build(name: str, num_classes: int = None, device: str = "cpu") -> nn.Module:
-    """A bare BNext (``bnext_<size>``, ImageNet classifier by default) or any registry model."""
-    import models
-    from models.bnext import BNEXT_BUILDERS
-
+def build(name: str, num_classes: Optional[int] = None, device: str = "cpu") -> nn.Module:
+    """Any registered model on ``device``; ``num_classes`` defaults to ImageNet's 1000 for a bare
+    backbone (``bnext_<size>``) and to University-1652's 701 for a retrieval network."""
+    if num_classes is None:
+        num_classes = 1000 if name in list_models(BACKBONE) else 701
     with torch.device(device):
-        if name in BNEXT_BUILDERS:
-            return BNEXT_BUILDERS[name](num_classes=1000 if num_classes is None else num_classes)
-        if not models.is_model(name):
-            choices = sorted(BNEXT_BUILDERS) + models.list_models()
-            raise UserError(f"--model {name!r} is not a known model; choose one of: {', '.join(choices)}")
-        return models.build_model(name, num_classes=701 if num_classes is None else num_classes)
+        return build_model(name, num_classes)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Count parameters, BOPs and FLOPs of one inference.")
     parser.add_argument("--model", required=True,
-                        help="bnext_tiny|bnext_small|bnext_middle|bnext_large (bare backbone) or a registry model name")
+                        help=f"a bare ImageNet backbone ({', '.join(list_models(BACKBONE))}) or a retrieval network "
+                             f"({', '.join(list_models())})")
     parser.add_argument("--h", type=int, default=256, help="input height")
     parser.add_argument("--w", type=int, default=256, help="input width")
     parser.add_argument("--batch", type=int, default=2,
@@ -112,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="'meta' counts from shapes only, without allocating weights (fast for large models)")
     parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     args = parser.parse_args(argv)
+    if args.model not in list_models(None):
+        raise UserError(f"--model {args.model!r} is not a known model; choose one of: {', '.join(list_models(None))}")
     for flag in ("h", "w", "batch"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")

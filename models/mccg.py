@@ -15,8 +15,8 @@ import torch.nn as nn
 # two input channels.) Triplet attention applies it to permuted views of the map.
 from timm.layers.cbam import SpatialAttn
 
-from utils.errors import UserError
-
+# Choices of ``block`` (attention branches besides the global one) and ``head_input``.
+BLOCKS = (0, 1, 2)
 HEAD_INPUTS = ("spatial", "pooled")
 
 # Each permutation swaps the channel axis with one spatial axis and is its own inverse:
@@ -100,10 +100,10 @@ class MCCGHead(nn.Module):
             dropout: float = 0.5,
     ):
         super().__init__()
-        if block not in (0, 1, 2):
-            raise UserError(f"--block {block} is not supported; expected 0, 1 or 2 attention branches")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be 0, 1 or 2 (attention branches), got {block!r}")
         if head_input not in HEAD_INPUTS:
-            raise UserError(f"--head_input {head_input!r} is not supported; expected one of {', '.join(HEAD_INPUTS)}")
+            raise ValueError(f"head_input must be one of {', '.join(HEAD_INPUTS)}, got {head_input!r}")
         self.block = block
         self.head_input = head_input
         self.gates = nn.ModuleList(PermutedGate(p) for p in (CW_PERMUTATION, HC_PERMUTATION)[:block])

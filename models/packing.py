@@ -38,12 +38,17 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
-from utils.files import save_checkpoint
+from utils.files import read_torch_file, save_checkpoint
 
+from . import bitpacked
 from ._helpers import load_model_state
+from ._registry import build_model, list_models
+from .binary import BinaryConv2d
 
 FORMAT = "bicrossnet-packed"
 FORMAT_VERSION = 1
+# Inference engines of load_packed: the training network, or the bit-packed CPU engine.
+ENGINES = ("float", "bitpacked")
 # Options that make a builder read weights from elsewhere; a packed file carries its own weights.
 WEIGHT_SOURCE_OPTIONS = ("backbone_weights", "pretrained")
 
@@ -76,8 +81,6 @@ def packed_bytes(count: int) -> int:
 
 
 def _binary_convs(model: nn.Module) -> Dict[str, nn.Module]:
-    from models.binary import BinaryConv2d
-
     return {name: m for name, m in model.named_modules() if isinstance(m, BinaryConv2d)}
 
 
@@ -127,8 +130,8 @@ def export_packed(model: nn.Module, model_name: str, model_options: Mapping, num
         raise UserError(
             f"model {model_name!r} is not binary yet: {len(not_binary)} of {len(convs)} binary convolutions have "
             f"forward weights that are not exactly +-1, e.g. {_describe_non_binary(not_binary[0], convs[not_binary[0]])}; "
-            f"train with --temperature 0 (the default), or anneal with --temperature_decay until the temperature "
-            f"is below 1e-7, then export again")
+            f"train with temperature 0 (the default), or anneal the temperature (temperature_decay) until it is "
+            f"below 1e-7, then export again")
     binary_keys = {f"{name}.weight" for name in convs}
     package = {
         "format": FORMAT,
@@ -150,14 +153,7 @@ def export_packed(model: nn.Module, model_name: str, model_options: Mapping, num
 
 
 def _read_package(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"packed model file {path} does not exist")
-    try:
-        package = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated, foreign or unsafe files
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{path} is not a readable packed model file (truncated, or not written by export.py): "
-                        f"{first_line}") from None
+    package = read_torch_file(path, "packed model file")
     if not isinstance(package, dict) or package.get("format") != FORMAT:
         raise UserError(f"{path} is not a packed BiCrossNet model (write one with export.py)")
     version = package.get("format_version")
@@ -178,24 +174,30 @@ def _read_package(path: Path) -> dict:
 
 
 def _build(meta: dict, path: Path) -> nn.Module:
-    from models import build_model, is_model
-
     name = meta["model"]
-    if not is_model(name):
+    if name not in list_models():
         raise UserError(f"{path} holds model {name!r}, which this code does not know")
     try:
         return build_model(name, meta["num_classes"], **meta["model_options"])
-    except (TypeError, ValueError, UserError) as err:
+    except (TypeError, ValueError) as err:
         raise UserError(f"{path}: cannot build {name!r} with options {meta['model_options']} ({err})") from None
 
 
-def load_packed(path: PathLike, map_location="cpu") -> Tuple[nn.Module, dict]:
+def load_packed(path: PathLike, map_location="cpu", engine: str = "float") -> Tuple[nn.Module, dict]:
     """Rebuild the network of a packed file; returns ``(model in eval mode on map_location, meta)``.
 
-    The model's features equal those of the exported network exactly. A file that is missing,
-    truncated, foreign, of another format version, or whose weights do not fit the model it
-    names is a :class:`UserError`.
+    ``engine="float"``: the training network, whose features equal those of the exported network
+    exactly. ``engine="bitpacked"``: an inference-only CPU network whose binary convolutions run
+    on packed bits (:mod:`models.bitpacked`), with features equal up to float rounding; where
+    its C++ ops cannot be built it warns once and returns the float network. A file that is
+    missing, truncated, foreign, of another format version, or whose weights do not fit the
+    model it names is a :class:`UserError`, and so is a file that is not a BNext student with
+    ``engine="bitpacked"``.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "bitpacked" and torch.device(map_location).type != "cpu":
+        raise ValueError(f"the bitpacked engine runs on the CPU, not on {map_location}")
     path = Path(path)
     package = _read_package(path)
     meta = package["meta"]
@@ -224,4 +226,9 @@ def load_packed(path: PathLike, map_location="cpu") -> Tuple[nn.Module, dict]:
         wrong = [name for name, m in convs.items() if not torch.equal(m.binary_weight(), signs[name])]
     if wrong:
         raise UserError(f"{path} is corrupted: the restored forward weights of {wrong[0]} differ from its packed bits")
+    if engine == "bitpacked":
+        try:
+            return bitpacked.convert(model), meta
+        except ValueError as err:
+            raise UserError(f"{path} holds {meta['model']!r}: {err}") from None
     return model.to(map_location), meta

@@ -7,8 +7,6 @@ hold the same optimizer states.
 import torch
 from timm.optim import Lion
 
-from utils.errors import UserError
-
 from .partition import partition_parameters
 
 __all__ = ["OPTIMIZER_CHOICES", "build_optimizers", "build_schedulers"]
@@ -37,9 +35,9 @@ def build_optimizers(model, name, lr, *, lion_lr_ratio=1 / 6, lion_betas=(0.9, 0
     parameters are left out (a full-precision teacher gets no Lion).
     """
     if name not in OPTIMIZER_CHOICES:
-        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZER_CHOICES)}, got {name!r}")
+        raise ValueError(f"optimizer name must be one of {', '.join(OPTIMIZER_CHOICES)}, got {name!r}")
     if lr <= 0:
-        raise UserError(f"--lr must be > 0, got {lr}")
+        raise ValueError(f"lr must be > 0, got {lr}")
     parts = {group: [p for _, p in params] for group, params in partition_parameters(model).items()}
     full_precision = parts["head"] + parts["full_precision"]
     binary = {"params": parts["binary"], "weight_decay": 0.0}
@@ -53,7 +51,7 @@ def build_optimizers(model, name, lr, *, lion_lr_ratio=1 / 6, lion_betas=(0.9, 0
         }
     elif name == "sgd":
         if momentum <= 0:
-            raise UserError(f"--momentum must be > 0 for Nesterov SGD, got {momentum}")
+            raise ValueError(f"momentum must be > 0 for Nesterov SGD, got {momentum}")
         backbone_lr = lr * backbone_lr_scale
         groups = [{"params": parts["full_precision"], "lr": backbone_lr}, dict(binary, lr=backbone_lr),
                   {"params": parts["head"]}]

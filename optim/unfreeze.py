@@ -4,8 +4,6 @@ A freshly initialised head sends large, noisy gradients; letting them reach pret
 latent weights flips signs the ImageNet training settled. The schedule lets the head settle
 first, then the full-precision parts adapt, and only then the binary weights.
 """
-from utils.errors import UserError
-
 from .partition import partition_parameters
 
 __all__ = ["BiGradualUnfreezing"]
@@ -32,12 +30,17 @@ class BiGradualUnfreezing:
     """
 
     def __init__(self, model, n1, n2):
-        if n1 < 0:
-            raise UserError(f"--bigradual_n1 must be >= 0, got {n1}")
-        if n2 < n1:
-            raise UserError(f"--bigradual_n2 ({n2}) must be >= --bigradual_n1 ({n1})")
+        self.check_boundaries(n1, n2)
         self.n1, self.n2 = n1, n2
         self.groups = partition_parameters(model)
+
+    @staticmethod
+    def check_boundaries(n1, n2):
+        """Raise ``ValueError`` unless ``0 <= n1 <= n2``: the phase rule, for callers validating early."""
+        if n1 < 0:
+            raise ValueError(f"n1 must be >= 0, got {n1}")
+        if n2 < n1:
+            raise ValueError(f"n2 ({n2}) must be >= n1 ({n1})")
 
     def phase(self, epoch):
         """Phase number (1, 2 or 3) of a 0-based epoch."""

@@ -9,16 +9,13 @@ from models.binary import (
     ApproxSign,
     apply_constraints_,
     BinaryConv2d,
+    BinarizerSchedule,
     HardBinaryConv,
     HardSign,
     LearnableBias,
     ReCUConv2d,
-    anneal_temperature,
     binary_convs,
     count_exact_binary,
-    recu_tau,
-    set_recu_tau,
-    set_temperature,
 )
 
 
@@ -178,15 +175,6 @@ def test_recu_clamped_weights_get_no_gradient():
     assert torch.equal(w1.grad, (w1.abs() <= q).float())
 
 
-def test_recu_tau_schedule():
-    assert recu_tau(0, 120) == pytest.approx(0.85)
-    assert recu_tau(120, 120) == pytest.approx(0.99)
-    # A*exp(1/2)+B rewritten as 0.85 + 0.14*(sqrt(e)-1)/(e-1).
-    assert recu_tau(50, 100) == pytest.approx(0.85 + 0.14 * (math.sqrt(math.e) - 1) / (math.e - 1))
-    taus = [recu_tau(e, 10) for e in range(11)]
-    assert all(a < b for a, b in zip(taus, taus[1:]))
-
-
 def mixed_model():
     return nn.Sequential(
         HardBinaryConv(3, 3, 3, temperature=1.0),
@@ -202,17 +190,70 @@ def test_binary_convs_finds_every_subclass_and_only_those():
     assert all(isinstance(m, BinaryConv2d) for m in found)
 
 
-def test_temperature_and_tau_setters_touch_only_their_binarizer():
+def doc_tau(epoch, epochs):
+    """docs/method.md section 2.2: tau(e) = A*exp(e/E) + B, A = (0.99 - 0.85)/(e - 1), B = 0.85 - A."""
+    a = (0.99 - 0.85) / (math.e - 1)
+    b = 0.85 - a
+    return a * math.exp(epoch / epochs) + b
+
+
+def test_schedule_sets_recu_tau_by_the_documented_formula():
     model = mixed_model()
-    anneal_temperature(model, 0.9)
-    anneal_temperature(model, 0.9)
-    assert model[0].temperature.item() == pytest.approx(0.81)
-    assert model[1][1].temperature.item() == pytest.approx(0.405)
-    set_recu_tau(model, 0.93)
-    assert model[2].tau.item() == pytest.approx(0.93)
-    set_temperature(model, 0.0)
-    assert model[0].temperature.item() == 0 and model[1][1].temperature.item() == 0
-    assert model[2].tau.item() == pytest.approx(0.93)
+    schedule = BinarizerSchedule(model, epochs=120)
+    taus = []
+    for epoch in (0, 1, 60, 119):
+        schedule.start_epoch(epoch)
+        taus.append(model[2].tau.item())
+        assert model[2].tau.item() == torch.tensor([doc_tau(epoch, 120)]).item()  # the float32 buffer value
+    assert taus[0] == pytest.approx(0.85) and schedule.tau(120) == pytest.approx(0.99)
+    assert schedule.tau(60) == pytest.approx(0.85 + 0.14 * (math.sqrt(math.e) - 1) / (math.e - 1))
+    assert all(a < b for a, b in zip(taus, taus[1:]))
+    assert model[0].temperature.item() == 1 and model[1][1].temperature.item() == 0.5  # BNext convs untouched
+
+
+def test_schedule_decays_bnext_temperature_once_per_epoch_end():
+    model = mixed_model()
+    schedule = BinarizerSchedule(model, epochs=10, temperature_decay=0.9)
+    for k in range(1, 4):
+        schedule.start_epoch(k - 1)
+        schedule.end_epoch()
+        expected = torch.tensor([1.0]) * 0.9 ** k
+        assert model[0].temperature.item() == pytest.approx(0.9 ** k)
+        assert model[1][1].temperature.item() == pytest.approx(0.5 * 0.9 ** k)
+        assert torch.allclose(model[0].temperature, expected)
+    assert model[2].tau.item() == pytest.approx(doc_tau(2, 10))  # end_epoch leaves ReCU alone
+
+
+def test_schedule_is_bit_identical_to_repeated_multiplication():
+    """The trainer of record multiplied the float32 buffer in place each epoch; so does the schedule."""
+    model = mixed_model()
+    schedule = BinarizerSchedule(model, epochs=300, temperature_decay=0.9)
+    reference = torch.ones(1)
+    for _ in range(200):
+        schedule.end_epoch()
+        reference.mul_(0.9)
+    assert torch.equal(model[0].temperature, reference)
+
+
+def test_schedule_without_decay_or_recu_changes_nothing():
+    model = mixed_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    schedule = BinarizerSchedule(nn.Sequential(model[0], model[1]), epochs=5)
+    for epoch in range(5):
+        schedule.start_epoch(epoch)
+        schedule.end_epoch()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kwargs, call, message", [
+    ({"epochs": 0}, None, "epochs must be >= 1, got 0"),
+    ({"epochs": 3, "temperature_decay": -0.5}, None, "temperature_decay must be >= 0"),
+    ({"epochs": 3}, 3, r"epoch must be in \[0, 3\), got 3"),
+])
+def test_schedule_rejects_bad_parameters_by_name(kwargs, call, message):
+    with pytest.raises(ValueError, match=message) as err:
+        BinarizerSchedule(mixed_model(), **kwargs).start_epoch(call)
+    assert "--" not in str(err.value)
 
 
 def test_count_exact_binary_tracks_temperature():
@@ -223,5 +264,6 @@ def test_count_exact_binary_tracks_temperature():
     with torch.no_grad():
         model[1][1].weight.fill_(0.7)
     assert count_exact_binary(model) == (2, 3)  # clamp(0.7 / 0.5) = 1 everywhere
-    set_temperature(model, 0.0)
+    for conv in (model[0], model[1][1]):
+        conv.temperature.zero_()
     assert count_exact_binary(model) == (3, 3)

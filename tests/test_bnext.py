@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from models.binary import (ApproxSign, HardBinaryConv, HardSign, ReCUConv2d, apply_constraints_, binary_convs,
                            count_exact_binary)
+from models import build_model
+from models._helpers import load_weights_file, state_dict_mismatch
 from models.bnext import (
     BNEXT_CHANNELS,
     BNext,
@@ -18,7 +20,7 @@ from models.bnext import (
     bnext_middle,
     bnext_small,
     bnext_tiny,
-    load_bnext_checkpoint,
+    checkpoint_filter_fn,
 )
 from utils.errors import UserError
 
@@ -160,7 +162,7 @@ def test_stem_ends_at_batchnorm():
         assert torch.allclose(stem(x), expected, atol=1e-5)
 
 
-def test_scale_acts_clamped_to_unit_interval_and_is_projected_by_apply_constraints():
+def test_scale_is_used_as_stored_and_projected_by_apply_constraints():
     torch.manual_seed(0)
     u = PlainUnit(8, 1).train()
     x = torch.randn(2, 8, 4, 4)
@@ -168,9 +170,12 @@ def test_scale_acts_clamped_to_unit_interval_and_is_projected_by_apply_constrain
         u.scale.copy_(torch.linspace(-1, 2, 8).view(1, 8, 1, 1))
     out = u(x)
     assert u.scale.min() == -1  # forward reads the scale, never writes it
+    z = u.activation2(u.norm1(u.binary_conv(u.binary_activation(u.move(x)))))
+    mix = u.scale * x + (1 - u.scale) * z  # stride 1: no pooling
+    assert torch.allclose(out, u.norm2(u.se(mix) * z) + x, atol=1e-6)
     apply_constraints_(u)
     assert u.scale.min() == 0 and u.scale.max() == 1
-    assert torch.allclose(u(x), out, atol=1e-6)
+    assert not torch.allclose(u(x), out, atol=1e-6)
 
 
 def test_unit_runs_twice_before_one_backward():
@@ -197,10 +202,12 @@ def test_temperature_argument_and_binarizers():
     assert all(isinstance(u.binary_activation, HardSign) for u in student.modules() if hasattr(u, "binary_activation"))
 
 
-@pytest.mark.parametrize("kwargs", [{"size": "huge"}, {"binarizer": "xnor"}])
-def test_unknown_size_or_binarizer_is_a_user_error(kwargs):
-    with pytest.raises(UserError, match="choose one of"):
+@pytest.mark.parametrize("kwargs, message", [({"size": "huge"}, "size must be one of tiny, small, middle, large, got 'huge'"),
+                                             ({"binarizer": "xnor"}, "binarizer must be one of bnext, recu, got 'xnor'")])
+def test_unknown_size_or_binarizer_is_a_value_error_naming_the_parameter(kwargs, message):
+    with pytest.raises(ValueError, match=message) as err:
         BNext(**kwargs)
+    assert "--" not in str(err.value)
 
 
 def compat_state(entries, prefix="", device="cpu", seed=0):
@@ -216,11 +223,15 @@ def compat_state(entries, prefix="", device="cpu", seed=0):
     return state
 
 
+def load_bnext(model, source):
+    """What a student does with ``backbone_weights``: the shared loader with BNext's key filter."""
+    load_weights_file(model, source, f"bnext_{model.size}", checkpoint_filter_fn)
+
+
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("prefix", ["", "module."])
-def test_official_key_list_loads_strictly(compat_keys, size, prefix):
+def test_official_key_list_fits_exactly(compat_keys, size):
     model = meta_bnext(size)
-    load_bnext_checkpoint(model, compat_state(compat_keys[size], prefix, device="meta"))
+    assert state_dict_mismatch(model, compat_state(compat_keys[size], device="meta")) == ""
     assert list(model.state_dict()) == [k for k, _ in compat_keys[size]]
 
 
@@ -239,7 +250,7 @@ def tiny_checkpoint(compat_keys, tmp_path_factory):
 def test_pth_tar_values_are_loaded(tiny_checkpoint):
     path, state = tiny_checkpoint
     model = BNext("tiny")
-    load_bnext_checkpoint(model, path)
+    load_bnext(model, path)
     conv = model.feature[5].FFN.binary_conv
     assert torch.equal(conv.weight, state["module.feature.5.FFN.binary_conv.weight"])
     assert torch.equal(model.fc.bias, state["module.fc.bias"])
@@ -248,18 +259,16 @@ def test_pth_tar_values_are_loaded(tiny_checkpoint):
     assert exact == total == 31  # the checkpoint's T = 0 makes every binary conv pure sign
 
 
-def test_headless_model_ignores_the_imagenet_classifier(tiny_checkpoint):
+def test_headless_model_drops_the_imagenet_classifier_a_task_head_is_never_replaced(tiny_checkpoint):
     path, state = tiny_checkpoint
     model = BNext("tiny", num_classes=0)
-    load_bnext_checkpoint(model, path)
+    load_bnext(model, path)
     assert torch.equal(model.prelu.weight, state["module.prelu.weight"])
     rehead = BNext("tiny", num_classes=701)
     init_fc = rehead.fc.weight.clone()
-    with pytest.raises(UserError, match="fc.weight"):
-        load_bnext_checkpoint(rehead, path)
-    load_bnext_checkpoint(rehead, path, drop_classifier=True)
+    with pytest.raises(UserError, match=r"fc\.weight \(1000, 1024\) vs \(701, 1024\)"):
+        load_bnext(rehead, path)
     assert torch.equal(rehead.fc.weight, init_fc)
-    assert torch.equal(rehead.prelu.weight, state["module.prelu.weight"])
 
 
 def test_missing_key_is_a_user_error_naming_file_and_key(tiny_checkpoint, tmp_path):
@@ -268,34 +277,59 @@ def test_missing_key_is_a_user_error_naming_file_and_key(tiny_checkpoint, tmp_pa
     del broken["module.feature.2.Attention.move.bias"]
     path = tmp_path / "broken.pth.tar"
     torch.save({"state_dict": broken}, path)
-    with pytest.raises(UserError, match=r"broken\.pth\.tar.*missing keys: feature\.2\.Attention\.move\.bias"):
-        load_bnext_checkpoint(BNext("tiny"), path)
+    with pytest.raises(UserError, match=r"broken\.pth\.tar does not match model 'bnext_tiny': "
+                                        r"1 missing keys \(feature\.2\.Attention\.move\.bias\)"):
+        load_bnext(BNext("tiny"), path)
 
 
-def test_shape_mismatch_and_wrong_size_are_user_errors(tiny_checkpoint, compat_keys):
-    _, state = tiny_checkpoint
+def test_shape_mismatch_and_wrong_size_are_user_errors(tiny_checkpoint, tmp_path):
+    path, state = tiny_checkpoint
     broken = dict(state)
     broken["module.feature.1.FFN_1.binary_conv.weight"] = torch.zeros(32, 32, 3, 3)
-    with pytest.raises(UserError, match=r"feature\.1\.FFN_1\.binary_conv\.weight \(file \[32, 32, 3, 3\], model \[32, 32, 1, 1\]\)"):
-        load_bnext_checkpoint(BNext("tiny"), broken)
-    with pytest.raises(UserError, match="BNext-small"):
-        load_bnext_checkpoint(meta_bnext("small"), compat_state(compat_keys["tiny"], device="meta"))
+    broken_path = tmp_path / "wide.pth"
+    torch.save(broken, broken_path)  # a bare state dict, still with the DataParallel prefix
+    with pytest.raises(UserError, match=r"1 shape mismatches \(feature\.1\.FFN_1\.binary_conv\.weight "
+                                        r"\(32, 32, 3, 3\) vs \(32, 32, 1, 1\)\)"):
+        load_bnext(BNext("tiny"), broken_path)
+    with pytest.raises(UserError, match="does not match model 'bnext_small'"):
+        load_bnext(meta_bnext("small"), path)
 
 
 def test_recu_model_does_not_silently_take_bnext_binarizer_state(tiny_checkpoint):
-    _, state = tiny_checkpoint
     with pytest.raises(UserError, match="binary_conv.alpha"):
-        load_bnext_checkpoint(BNext("tiny", binarizer="recu"), state)
+        load_bnext(meta_bnext("tiny", binarizer="recu"), tiny_checkpoint[0])
 
 
 def test_unreadable_files_are_user_errors(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
-    with pytest.raises(UserError, match="notes.txt could not be read"):
-        load_bnext_checkpoint(BNext("tiny"), text)
+    with pytest.raises(UserError, match=r"weights file \S*notes\.txt ") as err:
+        load_bnext(BNext("tiny"), text)
+    assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="does not exist"):
-        load_bnext_checkpoint(BNext("tiny"), tmp_path / "absent.pth.tar")
+        load_bnext(BNext("tiny"), tmp_path / "absent.pth.tar")
     odd = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], odd)
     with pytest.raises(UserError, match="list.pth holds no state dict"):
-        load_bnext_checkpoint(BNext("tiny"), odd)
+        load_bnext(BNext("tiny"), odd)
+
+
+class _WritesAFile:
+    """Unpickling calls ``open(marker, "w")``: any code a trusting torch.load would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_weights_file_with_executable_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "bnext_tiny.pth.tar"
+    torch.save({"state_dict": {"fc.bias": torch.zeros(3)}, "payload": _WritesAFile(marker)}, path)
+    assert not marker.exists()
+    with pytest.raises(UserError, match="holds executable content") as err:
+        build_model("bicrossnet_bnext_tiny", 5, backbone_weights=str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()

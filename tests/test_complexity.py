@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-import models.registry
+from models import _registry, register_model
 from models.binary import HardBinaryConv, ReCUConv2d
 from models.bnext import BNEXT_CHANNELS, BNext
-from models.complexity import main, measure
+from models.complexity import build, main, measure
 
 # BNext README: OPs (BOPs/64 + FLOPs/8) at 1x3x224x224, in G.
 PUBLISHED_OPS = {"tiny": 0.077, "small": 0.172, "middle": 0.317, "large": 0.819}
@@ -100,13 +100,14 @@ def test_cli_json_and_table(capsys):
 
 
 def test_cli_builds_registry_models_with_their_num_classes(monkeypatch, capsys):
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
     built = {}
 
-    def toy_net(num_classes, **options):
+    @register_model
+    def toy_net(num_classes):
         built["num_classes"] = num_classes
         return nn.Sequential(HardBinaryConv(3, 4, 1), nn.Flatten(), nn.Linear(64, num_classes))
 
-    monkeypatch.setitem(models.registry._MODEL_BUILDERS, "toy_net", toy_net)
     main(["--model", "toy_net", "--h", "4", "--w", "4", "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert built["num_classes"] == 701
@@ -119,3 +120,13 @@ def test_cli_unknown_model_is_a_user_error(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "error: --model 'bnext_huge' is not a known model" in err and "bnext_tiny" in err
+
+
+def test_build_takes_backbones_and_retrieval_networks_from_the_one_registry():
+    backbone = build("bnext_small", device="meta")
+    assert type(backbone) is BNext and backbone.size == "small" and backbone.fc.out_features == 1000
+    student = build("bicrossnet_bnext_tiny", device="meta")
+    assert student.head.classifiers[0].classifier.out_features == 701
+    assert build("bnext_tiny", num_classes=5, device="meta").fc.out_features == 5
+    with pytest.raises(ValueError, match="'bnext_huge' is not registered"):
+        build("bnext_huge", device="meta")

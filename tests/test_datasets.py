@@ -299,12 +299,25 @@ def test_retrieval_class_folder_must_be_an_integer(tmp_path):
 
 def test_extensions_are_case_insensitive_and_others_ignored(tmp_path):
     for name, fmt in (("a.JPG", "JPEG"), ("b.Png", "PNG"), ("c.webp", "WEBP"), ("d.bmp", "BMP"),
-                      ("e.jpeg", "JPEG"), ("f.gif", "GIF"), (".hidden.jpg", "JPEG")):
+                      ("e.jpeg", "JPEG"), ("f.gif", "GIF"), ("g.TIF", "TIFF"), (".hidden.jpg", "JPEG")):
         save(tmp_path / "0001" / name, fmt=fmt)
     (tmp_path / "0001" / "labels.txt").write_text("x")
     (tmp_path / ".cache").mkdir()
     assert {c: [p.name for p in v] for c, v in scan_classes(tmp_path, "classes").items()} == {
-        "0001": ["a.JPG", "b.Png", "c.webp", "d.bmp", "e.jpeg"]}
+        "0001": ["a.JPG", "b.Png", "c.webp", "d.bmp", "e.jpeg", "f.gif", "g.TIF"]}
+
+
+@pytest.mark.parametrize("names, message", [
+    (["-1"], "is not a non-negative integer id"),
+    (["0_1"], "is not a non-negative integer id"),
+    ([" 1 "], "is not a non-negative integer id"),
+    (["3", "0003"], "name the same id 3"),
+])
+def test_test_class_folders_must_be_distinct_non_negative_ids(tmp_path, names, message):
+    for name in names:
+        save(tmp_path / name / "a.jpg")
+    with pytest.raises(UserError, match=message):
+        RetrievalFolder(tmp_path, T.PILToTensor())
 
 
 def test_symlinked_folders_are_followed(tmp_path):

@@ -1,11 +1,11 @@
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import BiCrossNetLoss, cross_view_triplet_loss, kl_distillation, mse_distillation
-from utils.errors import UserError
+from losses import KD_MODES, BiCrossNetLoss, cross_view_triplet_loss, kl_distillation, mse_distillation
 
 
 def _reference_triplet(feat_a, feat_b, labels_a, labels_b, margin):
@@ -168,8 +168,14 @@ def test_objective_skips_disabled_terms():
         no_triplet(sat, drone, labels, teacher, None)
 
 
-def test_objective_rejects_bad_options():
-    with pytest.raises(UserError, match="--kd_mode"):
-        BiCrossNetLoss(kd_mode="l2")
-    with pytest.raises(UserError, match="--kd_temperature"):
-        BiCrossNetLoss(kd_temperature=0.0)
+@pytest.mark.parametrize("kwargs, message", [
+    ({"kd_mode": "l2"}, "kd_mode must be one of kl, mse, got 'l2'"),
+    ({"kd_weight": -1.0}, "kd_weight must be >= 0, got -1.0"),
+    ({"kd_temperature": 0.0}, "kd_temperature must be > 0 for kd_mode 'kl', got 0.0"),
+])
+def test_objective_rejects_bad_options_naming_the_parameter(kwargs, message):
+    assert KD_MODES == ("kl", "mse")
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        BiCrossNetLoss(**kwargs)
+    assert "--" not in str(err.value)
+    BiCrossNetLoss(kd_mode="mse", kd_temperature=0.0)  # the temperature only matters to KL

@@ -1,12 +1,12 @@
 """MCCG head: gate math, ClassBlock, branch order and both head inputs, against hand computations."""
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.mccg import CW_PERMUTATION, HC_PERMUTATION, ClassBlock, MCCGHead, PermutedGate
-from utils.errors import UserError
+from models.mccg import BLOCKS, CW_PERMUTATION, HC_PERMUTATION, HEAD_INPUTS, ClassBlock, MCCGHead, PermutedGate
 
 C, NUM_CLASSES = 12, 7
 
@@ -192,8 +192,10 @@ def test_fewer_blocks(block):
         torch.testing.assert_close(out[:, :, 1], reference_class_block(cw, head.classifiers[1], False)[1])
 
 
-def test_bad_options_are_user_errors():
-    with pytest.raises(UserError, match="--block"):
-        MCCGHead(C, NUM_CLASSES, block=3)
-    with pytest.raises(UserError, match="--head_input"):
-        MCCGHead(C, NUM_CLASSES, head_input="flat")
+def test_bad_options_are_value_errors_naming_the_parameter():
+    assert BLOCKS == (0, 1, 2) and HEAD_INPUTS == ("spatial", "pooled")
+    for kwargs, message in (({"block": 3}, "block must be 0, 1 or 2 (attention branches), got 3"),
+                            ({"head_input": "flat"}, "head_input must be one of spatial, pooled, got 'flat'")):
+        with pytest.raises(ValueError, match=re.escape(message)) as err:
+            MCCGHead(C, NUM_CLASSES, **kwargs)
+        assert "--" not in str(err.value)

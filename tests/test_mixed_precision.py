@@ -9,6 +9,7 @@ import torch
 
 import test as evaluate
 import train
+from engine import trainer
 from optim.stepping import step_optimizers
 from utils.device import configure_precision
 
@@ -65,7 +66,7 @@ def teacher_run(university_root, tmp_path_factory):
 
 def test_enabled_scaler_trains_through_all_phases_with_distillation_and_resumes_exactly(
         university_root, tmp_path, teacher_run, monkeypatch):
-    monkeypatch.setattr(train, "grad_scaler", enabled_cpu_scaler)
+    monkeypatch.setattr(trainer, "grad_scaler", enabled_cpu_scaler)
     common = ("--bigradual_n1", "1", "--bigradual_n2", "2", "--steps", "2", "--seed", "4",
               "--teacher_path", str(teacher_run))
     assert train.main(base_args(university_root, tmp_path, "full", "--epochs", "3", *common)) == 0
@@ -76,7 +77,7 @@ def test_enabled_scaler_trains_through_all_phases_with_distillation_and_resumes_
     log = (run / "train.log").read_text()
     assert log.index("phase 1") < log.index("phase 2") < log.index("phase 3")
     assert all(kd > 0 for kd in losses(run, "kd"))
-    checkpoint = torch.load(run / "last.pth", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
     steps_per_epoch = 6 // 3  # 6 training classes, batch 3
     good = 3 * steps_per_epoch - sum(int(float(s)) for s in losses(run, "skipped_steps"))
     assert checkpoint["scaler"]["scale"] == 2.0 ** (8 + good)  # one update per applied step

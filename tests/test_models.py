@@ -5,17 +5,25 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
 
-from models import TwoViewNet, build_model, is_model, list_models
+import models.bicrossnet
+import models.bnext
+import models.teacher
+from models import TwoViewNet, build_model, list_models, load_run, model_option_names, register_model
+from models import _registry
+from models._helpers import check_input_size
 from models.binary import BinaryConv2d, count_exact_binary
 from models.bicrossnet import BiCrossNet
 from models.bnext import BNext
-from models.registry import model_option_names
 from models.teacher import ConvNeXtBackbone
 from utils.errors import UserError
+from utils.files import atomic_write_text, save_checkpoint
 
-STUDENTS = [f"bicrossnet_bnext_{s}" for s in ("tiny", "small", "middle", "large")]
+SIZES = ("tiny", "small", "middle", "large")
+STUDENTS = [f"bicrossnet_bnext_{s}" for s in SIZES]
 TEACHERS = [f"mccg_convnext_{v}" for v in ("atto", "femto", "pico", "nano", "tiny", "small", "base")]
+BACKBONES = [f"bnext_{s}" for s in SIZES]
 
 
 def record_features(backbone):
@@ -38,7 +46,7 @@ def test_registry_lists_every_network_and_each_builds():
     for name in list_models():
         with torch.device("meta"):  # structure only: full-size inits would take ~20 s
             net = build_model(name, 17, block=1, head_input="pooled")
-        assert is_model(name) and isinstance(net, BiCrossNet)
+        assert isinstance(net, BiCrossNet)
         backbone_type = BNext if name in STUDENTS else ConvNeXtBackbone
         assert isinstance(net.backbone, backbone_type)
         assert net.head.head_input == "pooled" and len(net.head.classifiers) == 2
@@ -57,9 +65,63 @@ def test_builders_declare_their_options():
         assert set(model_option_names(name)) == teacher
 
 
-def test_unknown_model_is_user_error():
-    with pytest.raises(UserError, match="bicrossnet_bnext_tiny"):
+def test_each_size_is_an_explicit_registered_function():
+    for name in STUDENTS + TEACHERS + BACKBONES:
+        module = {"bicrossnet": models.bicrossnet, "mccg": models.teacher, "bnext": models.bnext}[name.split("_")[0]]
+        builder = getattr(module, name)
+        assert builder.__name__ == name and _registry._MODELS[name].builder is builder
+
+
+def test_bare_backbones_are_buildable_but_not_offered_for_training():
+    assert list_models() == sorted(STUDENTS + TEACHERS)
+    assert list_models("retrieval") == list_models()
+    assert list_models("backbone") == sorted(BACKBONES)
+    assert list_models(None) == sorted(STUDENTS + TEACHERS + BACKBONES)
+    assert model_option_names("bnext_tiny") == ["binarizer", "temperature"]
+    with torch.device("meta"):
+        net = build_model("bnext_tiny", 1000)
+    assert type(net) is BNext and net.fc.out_features == 1000 and net.size == "tiny"
+
+
+def test_register_model_records_the_kind(monkeypatch):
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+
+    @register_model
+    def toy_retrieval(num_classes, width=3):
+        return torch.nn.Linear(width, num_classes)
+
+    @register_model(kind="backbone")
+    def toy_backbone(num_classes=10):
+        return torch.nn.Linear(2, num_classes)
+
+    assert "toy_retrieval" in list_models() and "toy_backbone" not in list_models()
+    assert "toy_backbone" in list_models("backbone")
+    assert build_model("toy_retrieval", 4, width=5).weight.shape == (4, 5)
+    assert model_option_names("toy_retrieval") == ["width"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model(toy_retrieval)
+    with pytest.raises(ValueError, match="kind must be one of retrieval, backbone"):
+        register_model(kind="head")
+
+
+def test_unknown_model_is_a_value_error_listing_the_choices():
+    with pytest.raises(ValueError, match="bicrossnet_bnext_tiny.*bnext_tiny") as err:
         build_model("bicrossnet_resnet50", 10)
+    assert "'bicrossnet_resnet50'" in str(err.value) and "--" not in str(err.value)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        list_models("students")
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("bicrossnet_bnext_tiny", {"block": 3}, "block must be 0, 1 or 2"),
+    ("bicrossnet_bnext_tiny", {"head_input": "flat"}, "head_input must be one of spatial, pooled, got 'flat'"),
+    ("bicrossnet_bnext_tiny", {"binarizer": "xnor"}, "binarizer must be one of bnext, recu"),
+    ("mccg_convnext_atto", {"pretrained": True, "backbone_weights": "w.pth"}, "pretrained=True .* backbone_weights"),
+])
+def test_bad_builder_options_are_value_errors_naming_the_option(name, options, message):
+    with torch.device("meta"), pytest.raises(ValueError, match=message) as err:
+        build_model(name, 5, **options)
+    assert "--" not in str(err.value)
 
 
 # --- students ------------------------------------------------------------------------------
@@ -222,24 +284,34 @@ def test_teacher_weight_errors_are_user_errors(tmp_path):
     femto_state = timm.create_model("convnext_femto", num_classes=0).state_dict()
     femto = tmp_path / "convnext_femto.pth"
     torch.save(femto_state, femto)
-    with pytest.raises(UserError, match="does not fit convnext_atto: .*wrong shape"):
+    with pytest.raises(UserError, match="convnext_femto.pth does not match model 'convnext_atto': .*shape mismatches"):
         build_model("mccg_convnext_atto", 5, backbone_weights=str(femto))
     femto_original = tmp_path / "convnext_femto_1k_224.pth"
     torch.save({"model": original_convnext_layout(femto_state)}, femto_original)
-    with pytest.raises(UserError, match="does not fit convnext_atto"):
+    with pytest.raises(UserError, match="convnext_femto_1k_224.pth does not match model 'convnext_atto'"):
         build_model("mccg_convnext_atto", 5, backbone_weights=str(femto_original))
+    odd_original = tmp_path / "convnext_atto_extra.pth"
+    torch.save({"model": {**original_convnext_layout(randomized_convnext("atto")), "extra.weight": torch.zeros(2, 2)}},
+               odd_original)
+    with pytest.raises(UserError, match=r"extra.pth does not match model 'convnext_atto' \(KeyError: 'extra.weight'\)"):
+        build_model("mccg_convnext_atto", 5, backbone_weights=str(odd_original))
     no_tensors = tmp_path / "log.pth"
     torch.save({"epoch": 3, "lr": 0.01}, no_tensors)
-    with pytest.raises(UserError, match="holds no state dict"):
+    with pytest.raises(UserError, match="log.pth holds no state dict"):
         build_model("mccg_convnext_atto", 5, backbone_weights=str(no_tensors))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(UserError, match=r"weights file \S*junk\.pth "):
         build_model("mccg_convnext_atto", 5, backbone_weights=str(junk))
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="missing.pth does not exist"):
         build_model("mccg_convnext_atto", 5, backbone_weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(UserError, match="not both"):
-        build_model("mccg_convnext_atto", 5, backbone_weights=str(femto), pretrained=True)
+
+
+def test_teacher_prefers_ema_weights_as_timm_does(tmp_path):
+    state = randomized_convnext("atto")
+    path = tmp_path / "convnext_atto_ema.pth"
+    torch.save({"model": {k: torch.zeros_like(v) for k, v in state.items()}, "state_dict_ema": state}, path)
+    assert_backbone_equals(build_model("mccg_convnext_atto", 5, backbone_weights=str(path)), state)
 
 
 def test_pretrained_without_network_says_how_to_pass_a_file(tmp_path, monkeypatch):
@@ -247,7 +319,7 @@ def test_pretrained_without_network_says_how_to_pass_a_file(tmp_path, monkeypatc
 
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # fail at once instead of retrying for a minute
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(UserError, match="--backbone_weights PATH"):
+    with pytest.raises(UserError, match="pass the file as backbone_weights"):
         build_model("mccg_convnext_atto", 5, pretrained=True)
 
 
@@ -284,3 +356,32 @@ def test_two_view_net_accumulates_gradient_from_both_views():
     for g, gs, gd in zip(both, only_sat, only_drone):
         assert gs.abs().sum() > 0 and gd.abs().sum() > 0
         torch.testing.assert_close(g, gs + gd)
+
+
+# --- finished runs -------------------------------------------------------------------------
+
+def test_load_run_gives_the_trained_network_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    trained = build_model("mccg_convnext_atto", 4, block=1)
+    opts = {"model": "mccg_convnext_atto", "model_options": {"block": 1}, "num_classes": 4, "h": 32, "w": 32}
+    atomic_write_text(tmp_path / "opts.yaml", yaml.safe_dump(opts))
+    save_checkpoint({"model": trained.state_dict(), "epoch": 2, "num_classes": 4}, tmp_path / "net_002.pth")
+    save_checkpoint({"model": build_model("mccg_convnext_atto", 4, block=1).state_dict(), "epoch": 3,
+                     "num_classes": 4}, tmp_path / "last.pth")
+    x = torch.randn(2, 3, 32, 32)
+    for source, which in ((tmp_path, 2), (tmp_path / "net_002.pth", "last")):
+        net = load_run(source, which)
+        assert isinstance(net, BiCrossNet) and not net.training
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), trained.eval()(x), rtol=0, atol=0)
+    assert not torch.equal(load_run(tmp_path).head.classifiers[0].fc.weight, trained.head.classifiers[0].fc.weight)
+
+
+def test_input_size_probe_is_a_value_error_without_flags():
+    torch.manual_seed(0)
+    net = build_model("bicrossnet_bnext_tiny", 5).train()
+    with pytest.raises(ValueError, match="bicrossnet_bnext_tiny cannot take 40x32 inputs .*multiples of 32") as err:
+        check_input_size(net, 40, 32, "bicrossnet_bnext_tiny")
+    assert "--" not in str(err.value) and "\n" not in str(err.value)
+    check_input_size(net, 64, 64, "bicrossnet_bnext_tiny")
+    assert net.training

@@ -8,7 +8,6 @@ from models import build_model
 from models.binary import BinaryConv2d, HardBinaryConv, ReCUConv2d
 from optim import (OPTIMIZER_CHOICES, BiGradualUnfreezing, build_optimizers, build_schedulers,
                    partition_parameters)
-from utils.errors import UserError
 
 
 class TinyStudent(nn.Module):
@@ -168,11 +167,15 @@ def test_unfreezing_phase_boundaries_and_names():
         "head only", "head + full-precision backbone", "all parameters (binary weights included)"}
 
 
-def test_unfreezing_rejects_bad_epochs():
-    with pytest.raises(UserError, match="--bigradual_n2"):
-        BiGradualUnfreezing(TinyStudent(), n1=5, n2=4)
-    with pytest.raises(UserError, match="--bigradual_n1"):
-        BiGradualUnfreezing(TinyStudent(), n1=-1, n2=4)
+@pytest.mark.parametrize("n1, n2, message", [(5, 4, r"n2 \(4\) must be >= n1 \(5\)"), (-1, 4, "n1 must be >= 0, got -1")])
+def test_unfreezing_rejects_bad_epochs_naming_the_parameter(n1, n2, message):
+    for check in (lambda: BiGradualUnfreezing(TinyStudent(), n1=n1, n2=n2),
+                  lambda: BiGradualUnfreezing.check_boundaries(n1, n2)):
+        with pytest.raises(ValueError, match=message) as err:
+            check()
+        assert "--" not in str(err.value)
+    BiGradualUnfreezing.check_boundaries(0, 0)
+    BiGradualUnfreezing.check_boundaries(20, 20)
 
 
 def test_lion_steps_are_sign_steps_with_design_momentum():
@@ -261,9 +264,16 @@ def test_single_optimizer_baselines():
     assert [g["lr"] for g in lion.param_groups] == pytest.approx([0.001, 0.001])
 
 
-def test_unknown_optimizer_names_the_flag_and_choices():
-    with pytest.raises(UserError, match=r"--optimizer.*adamlion, adamwlion, sgd, adam, lion.*'rmsprop'"):
-        build_optimizers(TinyStudent(), "rmsprop", 0.01)
+@pytest.mark.parametrize("name, lr, kwargs, message", [
+    ("rmsprop", 0.01, {}, r"optimizer name must be one of adamlion, adamwlion, sgd, adam, lion, got 'rmsprop'"),
+    ("adam", 0.0, {}, r"lr must be > 0, got 0.0"),
+    ("sgd", 0.01, {"momentum": 0.0}, r"momentum must be > 0 for Nesterov SGD, got 0.0"),
+])
+def test_bad_optimizer_parameters_are_value_errors_naming_them(name, lr, kwargs, message):
+    assert OPTIMIZER_CHOICES == ("adamlion", "adamwlion", "sgd", "adam", "lion")
+    with pytest.raises(ValueError, match=message) as err:
+        build_optimizers(TinyStudent(), name, lr, **kwargs)
+    assert "--" not in str(err.value)
 
 
 def test_schedulers_decay_each_optimizer_at_milestones():

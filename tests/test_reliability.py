@@ -3,9 +3,10 @@
 Processes killed with SIGKILL in the middle of a checkpoint write, Ctrl-C and scheduler SIGTERMs
 (also delivered to DataLoader workers), non-finite losses and gradients, misused flags and run
 directories, damaged image folders. Every fault is injected from outside the product code: a
-subprocess running ``FAULT_RUNNER`` (which patches ``os.replace`` or ``Trainer.train_step`` before
-calling ``train.main``), or ``monkeypatch`` in this process. Resumed runs are compared bit for bit
-with uninterrupted ones, so "continues correctly" means "gives the same weights".
+subprocess running ``tests/helpers/fault_runner.py`` (which patches ``os.replace`` or
+``Trainer.train_step`` before calling ``train.main``), or ``monkeypatch`` in this process. Resumed
+runs are compared bit for bit with uninterrupted ones, so "continues correctly" means "gives the
+same weights".
 """
 import csv
 import errno
@@ -27,6 +28,8 @@ from PIL import Image
 
 import test as evaluate
 import train
+from engine import trainer as trainer_module
+from engine.trainer import Trainer
 from losses.objective import BiCrossNetLoss
 from models import build_model
 from models._helpers import nonfinite_entries
@@ -44,50 +47,8 @@ TEACHER = ("--model", "mccg_convnext_atto", "--optimizer", "sgd", "--lr", "0.01"
            "--bigradual_n2", "0")
 STUDENT = ("--bigradual_n1", "0", "--bigradual_n2", "1")
 
-# Runs train.main(argv) with one fault armed by the FAULT variable:
-#   kill_before_rename:<file>:<n>  SIGKILL when the n-th write of <file> is about to be renamed into
-#                                  place (its temporary file is complete on disk)
-#   kill_after_rename:<file>:<n>   SIGKILL right after the n-th rename of <file>
-#   signal_group:<signal>:<epoch>:<batch>  after that training step, send <signal> to the whole
-#                                  process group (main process and DataLoader workers), as a
-#                                  terminal's Ctrl-C or a cluster scheduler does
-#   signal_rank:<signal>:<epoch>:<batch>:<rank>  after that step, signal only the process of <rank>
-FAULT_RUNNER = r"""
-import os, signal, sys
-from pathlib import Path
-import train
-
-kind, *spec = os.environ["FAULT"].split(":")
-if kind.startswith("kill_"):
-    name, nth = spec[0], int(spec[1])
-    real_replace, seen = os.replace, []
-
-    def replace(src, dst):
-        if Path(dst).name == name:
-            seen.append(dst)
-            if len(seen) == nth and kind == "kill_before_rename":
-                os.kill(os.getpid(), signal.SIGKILL)
-        real_replace(src, dst)
-        if Path(dst).name == name and len(seen) == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    os.replace = replace
-else:
-    signum, epoch, batch = getattr(signal, spec[0]), int(spec[1]), int(spec[2])
-    rank = int(spec[3]) if kind == "signal_rank" else None
-    real_step = train.Trainer.train_step
-
-    def train_step(self, *args):
-        real_step(self, *args)
-        if args[-2:] == (epoch, batch):
-            if kind == "signal_group":
-                os.killpg(os.getpgid(0), signum)
-            elif self.ctx.rank == rank:
-                os.kill(os.getpid(), signum)
-
-    train.Trainer.train_step = train_step
-sys.exit(train.main(sys.argv[1:]))
-"""
+# Runs train.main(argv) with one fault armed by the FAULT variable (see the file's docstring).
+FAULT_RUNNER = REPO / "tests" / "helpers" / "fault_runner.py"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,7 +65,7 @@ def train_args(data, ckpt, name, *extra):
 
 
 def run_with_fault(fault, argv, **kwargs):
-    return subprocess.run([sys.executable, "-c", FAULT_RUNNER, *argv], cwd=REPO, env={**ENV, "FAULT": fault},
+    return subprocess.run([sys.executable, str(FAULT_RUNNER), *argv], cwd=REPO, env={**ENV, "FAULT": fault},
                           capture_output=True, text=True, timeout=300, **kwargs)
 
 
@@ -210,7 +171,7 @@ def test_sigkill_during_checkpoint_write_leaves_a_resumable_run(university_root,
 def test_sigint_mid_epoch_saves_and_resume_is_exact(university_root, tmp_path, student_reference, monkeypatch):
     """Ctrl-C during epoch 2 of the student (Adam + Lion both active): the run saves after the step
     it was in, exits 130, and --resume replays the rest of the epoch exactly."""
-    real_step = train.Trainer.train_step
+    real_step = Trainer.train_step
 
     def step_then_ctrl_c(self, *args):
         real_step(self, *args)
@@ -219,7 +180,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_exact(university_root, tmp_path, s
             assert signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train.Trainer, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
     argv = train_args(university_root / "train", tmp_path, "run", *STUDENT)
     assert train.main(argv) == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
@@ -228,7 +189,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_exact(university_root, tmp_path, s
     assert (checkpoint["epoch"], checkpoint["batches_done"]) == (1, 1)
     assert len(metrics(run)) == 1 and not (run / "net_002.pth").exists()
 
-    monkeypatch.setattr(train.Trainer, "train_step", real_step)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
     assert train.main(argv + ["--resume"]) == 0
     assert "resumed from" in (run / "train.log").read_text()
     assert metrics(run) == metrics(student_reference)
@@ -257,10 +218,8 @@ def test_signal_on_one_ddp_rank_stops_every_rank_after_the_same_step(university_
     """Under torchrun a signal reaching one process must stop all of them together; otherwise the
     others block in the next gradient all-reduce."""
     argv = train_args(university_root / "train", tmp_path, "run", *TEACHER, "--batchsize", "2", "--epochs", "1")
-    runner = tmp_path / "runner.py"
-    runner.write_text(FAULT_RUNNER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", str(runner),
-           *argv]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           str(FAULT_RUNNER), *argv]
     done = subprocess.run(cmd, cwd=REPO, env={**ENV, "FAULT": "signal_rank:SIGTERM:0:0:1"}, capture_output=True,
                           text=True, timeout=240)
     assert done.returncode != 0  # torchrun reports the stopped ranks' exit codes as a failure
@@ -355,7 +314,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_and_keep_the_last_good_checkpo
 
 def test_nonfinite_weights_are_never_written(university_root, tmp_path, monkeypatch, capsys):
     """Should weights turn non-finite anyway (say an optimizer overflow), the checkpoint is not overwritten."""
-    real_constraints, steps = train.apply_constraints_, [0]
+    real_constraints, steps = trainer_module.apply_constraints_, [0]
 
     def overflow_on_last_step(model):
         real_constraints(model)
@@ -363,7 +322,7 @@ def test_nonfinite_weights_are_never_written(university_root, tmp_path, monkeypa
         if steps[0] == 5:  # called once after the model is built, then after each of the 2 x 2 steps
             next(model.parameters()).data.fill_(float("inf"))
 
-    monkeypatch.setattr(train, "apply_constraints_", overflow_on_last_step)
+    monkeypatch.setattr(trainer_module, "apply_constraints_", overflow_on_last_step)
     assert exit_code(train_args(university_root / "train", tmp_path, "run", *TEACHER)) == 2
     assert_one_line_error(capsys.readouterr().err, "NaN or infinite", "backbone", "not overwriting")
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pth")

@@ -6,13 +6,12 @@ import pytest
 import torch
 import yaml
 
-from models._helpers import load_model_state
-from models.run import load_checkpoint
-from utils.files import atomic_write_bytes, save_checkpoint
-from utils.errors import UserError
-from engine.run_dir import prepare_run_dir, save_opts
-from models.run import checkpoint_name, load_opts, resolve_run
+from engine.run_dir import RunClaim, save_opts
 from engine.training_log import MetricsTable
+from models._helpers import load_model_state
+from models.run import checkpoint_name, load_checkpoint, load_opts, resolve_run
+from utils.errors import UserError
+from utils.files import atomic_write_bytes, save_checkpoint
 
 
 def test_save_checkpoint_round_trip_and_leaves_no_temporary(tmp_path):
@@ -80,26 +79,44 @@ def test_load_model_state_names_the_mismatch():
     assert "weight (4, 3) vs (2, 3)" in text
 
 
-def test_prepare_run_dir_refuses_existing_run_without_overwrite(tmp_path):
-    run = prepare_run_dir(tmp_path, "exp", resume=False, overwrite=False)
+def claim(tmp_path, name="exp", resume=False, overwrite=False) -> RunClaim:
+    return RunClaim(tmp_path, name, resume=resume, overwrite=overwrite)
+
+
+def test_run_claim_refuses_existing_run_without_overwrite(tmp_path):
+    run = claim(tmp_path).create()
     save_opts(run, {"model": "m", "num_classes": 3, "model_options": {}})
     save_checkpoint({"model": {}}, run / "last.pth")
     before = (run / "last.pth").read_bytes()
     with pytest.raises(UserError, match="--overwrite"):
-        prepare_run_dir(tmp_path, "exp", resume=False, overwrite=False)
+        claim(tmp_path)
     assert (run / "last.pth").read_bytes() == before
-    assert prepare_run_dir(tmp_path, "exp", resume=True, overwrite=False) == run
-    fresh = prepare_run_dir(tmp_path, "exp", resume=False, overwrite=True)
-    assert list(fresh.iterdir()) == []
+    assert claim(tmp_path, resume=True).create() == run
+    replacing = claim(tmp_path, overwrite=True)
+    fresh = replacing.create()
+    assert list(fresh.iterdir()) == [] and (tmp_path / ".exp.replaced" / "last.pth").read_bytes() == before
+    replacing.abandon()  # a start that failed: the old run is back
+    assert (run / "last.pth").read_bytes() == before and not (tmp_path / ".exp.replaced").exists()
+    replacing = claim(tmp_path, overwrite=True)
+    replacing.create()
+    replacing.commit()  # the new run has its first checkpoint: the old one is gone
+    assert list(run.iterdir()) == [] and not (tmp_path / ".exp.replaced").exists()
+
+
+@pytest.mark.parametrize("name", ["..", "../outside", "/abs/path", ""])
+def test_run_claim_keeps_runs_inside_the_checkpoint_dir(tmp_path, name):
+    with pytest.raises(UserError, match="--name"):
+        claim(tmp_path, name)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(UserError, match="nothing to resume"):
-        prepare_run_dir(tmp_path, "missing", resume=True, overwrite=False)
+        claim(tmp_path, "missing", resume=True)
 
 
 def test_opts_round_trip_and_errors(tmp_path):
-    opts = {"model": "bicrossnet_bnext_tiny", "num_classes": 7, "model_options": {"block": 2}, "h": 64}
+    opts = {"model": "bicrossnet_bnext_tiny", "num_classes": 7, "model_options": {"block": 2}, "h": 64,
+            "w": 64}
     save_opts(tmp_path, opts)
     assert load_opts(tmp_path) == opts
     (tmp_path / "opts.yaml").write_text(yaml.safe_dump({"model": "x"}))
@@ -112,7 +129,7 @@ def test_opts_round_trip_and_errors(tmp_path):
 def test_checkpoint_names_and_resolution(tmp_path):
     assert checkpoint_name("last") == "last.pth"
     assert checkpoint_name(7) == "net_007.pth" == checkpoint_name("7")
-    with pytest.raises(UserError, match="--which_epoch"):
+    with pytest.raises(UserError, match="which_epoch must be"):
         checkpoint_name("best")
     (tmp_path / "net_002.pth").write_bytes(b"")
     assert resolve_run(tmp_path, 2) == (tmp_path, tmp_path / "net_002.pth")

@@ -1,17 +1,22 @@
 """train.py end to end on tiny synthetic data: losses fall, phases unfreeze in order, resume is exact,
-distillation and DDP run, and bad flags fail with one clear line."""
+distillation and DDP run, checkpoints load weights-only, and bad flags fail with one clear line."""
 import csv
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 import train
+from engine.state import rng_state, rng_state_from_legacy, set_rng_state
 from models import build_model
 from optim.partition import partition_parameters
+from utils.files import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +32,7 @@ def losses(run_dir, key="total"):
 
 
 def state(run_dir, which="last.pth"):
-    return torch.load(run_dir / which, map_location="cpu", weights_only=False)["model"]
+    return torch.load(run_dir / which, map_location="cpu", weights_only=True)["model"]
 
 
 def test_student_loss_decreases(university_root, tmp_path):
@@ -83,10 +88,57 @@ def test_resume_reproduces_uninterrupted_run(university_root, tmp_path):
     common = ("--bigradual_n1", "1", "--bigradual_n2", "1", "--steps", "1", "--seed", "3")
     assert train.main(base_args(university_root, tmp_path, "full", "--epochs", "2", *common)) == 0
     assert train.main(base_args(university_root, tmp_path, "split", "--epochs", "1", *common)) == 0
+    # Runs saved before --views was removed record it; resuming them ignores the stale key.
+    opts_path = tmp_path / "split" / "opts.yaml"
+    opts = yaml.safe_load(opts_path.read_text())
+    opts_path.write_text(yaml.safe_dump({**opts, "args": {**opts["args"], "views": 2}}))
     assert train.main(base_args(university_root, tmp_path, "split", "--epochs", "2", "--resume")) == 0
     assert losses(tmp_path / "full") == losses(tmp_path / "split")
     full, split = state(tmp_path / "full"), state(tmp_path / "split")
     assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def draws():
+    """Numbers from each RNG a checkpoint restores; NumPy's normal draw uses its cached Gaussian."""
+    return random.random(), np.random.random(3).tolist(), np.random.normal(), torch.rand(3).tolist()
+
+
+def test_checkpoints_load_weights_only_with_the_rng_state(university_root, tmp_path):
+    args = base_args(university_root, tmp_path, "run", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
+                     "--epochs", "1", "--bigradual_n1", "0", "--bigradual_n2", "0")
+    assert train.main(args) == 0
+    for name in ("last.pth", "net_001.pth"):
+        checkpoint = torch.load(tmp_path / "run" / name, map_location="cpu", weights_only=True)
+        numpy_state = checkpoint["rng"]["numpy"]
+        assert numpy_state["algorithm"] == "MT19937" and numpy_state["keys"].dtype == torch.int64
+        assert checkpoint["epoch"] == 1 and checkpoint["model"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    np.random.seed(11)
+    np.random.normal()  # leaves the second Gaussian of the pair cached: has_gauss = 1
+    saved = rng_state()
+    expected = draws()
+    save_checkpoint({"rng": saved}, tmp_path / "rng.pth")
+    draws()
+    set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    assert draws() == expected
+    assert saved["numpy"]["has_gauss"] == 1
+
+
+def test_rng_state_from_legacy_converts_the_numpy_tuple(tmp_path):
+    np.random.seed(12)
+    np.random.normal()
+    legacy = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    expected = draws()
+    converted = rng_state_from_legacy(legacy)
+    assert converted.keys() == legacy.keys()
+    assert {k: v for k, v in converted["numpy"].items() if k != "keys"} == {
+        "algorithm": "MT19937", "pos": legacy["numpy"][2], "has_gauss": 1, "cached_gaussian": legacy["numpy"][4]}
+    assert converted["numpy"]["keys"].tolist() == legacy["numpy"][1].tolist()
+    save_checkpoint({"rng": converted}, tmp_path / "rng.pth")
+    set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    assert draws() == expected
 
 
 def test_distillation_from_a_teacher_run(university_root, tmp_path):
@@ -127,6 +179,9 @@ def test_ddp_with_two_gloo_processes(university_root, tmp_path):
     (["--teacher_path", "/nonexistent/teacher"], "--teacher_path /nonexistent/teacher does not exist"),
     (["--dataset", "sues"], "--dataset sues needs --altitude"),
     (["--batchsize", "0"], "--batchsize must be a positive integer"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--temperature_decay", "-0.5"], "--temperature_decay must be >= 0"),
+    (["--kd_temperature", "0"], "--kd_temperature must be > 0 for --kd_mode kl"),
 ])
 def test_bad_flags_fail_with_one_line(university_root, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:

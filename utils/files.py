@@ -7,11 +7,15 @@ the old file or the new one, never a mix. The folder is flushed too, so the rena
 a power cut. A process killed between the write and the rename leaves only the temporary file,
 which :func:`remove_temporaries` clears on the next start.
 """
+import contextlib
+import fcntl
 import os
 import pickle
 import secrets
+import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Union
+from typing import Any, BinaryIO, Callable, Iterator, List, Union
 
 import torch
 
@@ -29,7 +33,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file)`` on a temporary sibling of ``path``, flush it to disk, rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +56,7 @@ def _atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -76,10 +80,35 @@ def save_checkpoint(obj: Any, path: PathLike) -> None:
     reported as a :class:`UserError`, since freeing space and resuming is all it takes.
     """
     try:
-        _atomic_write(path, lambda f: torch.save(obj, f))
+        atomic_write(path, lambda f: torch.save(obj, f))
     except OSError as err:
         raise UserError(f"cannot write checkpoint {path} ({err.strerror or err}); the previous file is "
                         f"intact") from None
+    except RuntimeError as err:  # torch.save's zip writer reports a failed write (disk full) this way
+        raise UserError(f"cannot write checkpoint {path} (the write failed part-way, e.g. disk full or a "
+                        f"file-size limit: {first_line(err)}); the previous file is intact") from None
+
+
+class ExecutableContentError(UserError):
+    """A torch file that weights-only loading refuses: it pickles objects that could run code."""
+
+
+def link_or_copy(source: PathLike, target: PathLike) -> None:
+    """Give ``source`` the second name ``target`` (a hard link: no second copy on disk), replacing
+    ``target`` atomically; where the file system has no hard links, write a copy instead."""
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as err:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise UserError(f"cannot write {target} ({err.strerror or err}); the previous file is intact") from None
+    _fsync_dir(target.parent)
 
 
 def read_torch_file(path: PathLike, what: str = "file", map_location="cpu") -> object:
@@ -91,13 +120,31 @@ def read_torch_file(path: PathLike, what: str = "file", map_location="cpu") -> o
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is damaged or foreign
+        raise UserError(f"{what} {path} is unreadable (truncated or not a PyTorch file)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise UserError(f"{what} {path} is unreadable ({first_line(err)})") from None
-        raise UserError(f"{what} {path} holds executable content (pickled Python objects beyond tensors, "
-                        f"numbers, strings and containers) and is not loaded; if you trust it, convert it once "
-                        f"with `python -m models.upgrade {path}`") from None
+        raise ExecutableContentError(f"{what} {path} holds executable content (pickled Python objects beyond tensors, "
+                        f"numbers, strings and containers) and is not loaded; a checkpoint of an earlier version "
+                        f"of this project that you trust converts once with `python -m engine.upgrade {path}`") from None
     except Exception as err:  # torch raises several types for truncated or non-torch files
         raise UserError(f"{what} {path} is unreadable (truncated or not a PyTorch file): {first_line(err)}") from None
+
+
+@contextlib.contextmanager
+def locked(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) while the block runs.
+
+    Used around read-modify-write of a shared file, so two processes updating it at once both
+    keep their changes. The kernel drops the lock when its holder dies: a killed process never
+    leaves it held.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,122 @@
+"""``train.py``'s parsed flags: the merge with a run's saved flags on ``--resume``, the checks of
+their values, and what the run records of them in ``opts.yaml``."""
+import argparse
+import math
+from pathlib import Path
+
+from models import list_models, model_option_names
+from models.run import OPTS_FILE, load_opts
+from optim.unfreeze import BiGradualUnfreezing
+from utils.errors import UserError
+
+__all__ = ["RESUME_OVERRIDES", "RUNTIME_FLAGS", "default_weight_decay", "given_flags", "merge_saved_opts",
+           "model_options", "run_options", "validate"]
+
+# Flags that may differ when a run is resumed; every other flag is taken from the run's opts.yaml.
+RESUME_OVERRIDES = ("epochs", "num_workers", "device", "amp", "tf32", "save_every", "keep_last", "max_bad_steps",
+                    "data_dir", "teacher_path")
+RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
+POSITIVE_FLAGS = ("batchsize", "epochs", "h", "w", "sample_num", "max_bad_steps")
+NON_NEGATIVE_FLAGS = ("num_workers", "save_every", "keep_last", "kd_weight", "temperature_decay")
+
+
+def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> set:
+    """Names of the flags present on the command line, even those repeating their default value.
+
+    argparse fills in a default only where the namespace lacks the attribute, so parsing into a
+    namespace of placeholders leaves exactly the absent flags at the placeholder.
+    """
+    absent = object()
+    parsed = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(args), absent)))
+    return {key for key, value in vars(parsed).items() if value is not absent}
+
+
+def merge_saved_opts(args: argparse.Namespace, given: set) -> argparse.Namespace:
+    """On ``--resume`` the run's own settings win; runtime flags given on the command line override
+    them, and any other given flag must agree with the run (changing --h or --model mid-run would
+    silently be ignored otherwise). Saved keys that are no longer flags are ignored."""
+    opts_path = Path(args.checkpoint_dir) / args.name / OPTS_FILE
+    saved = load_opts(opts_path.parent).get("args", {})
+    conflicts = [f"--{key} {getattr(args, key)!r} (run: {saved[key]!r})" for key in sorted(given)
+                 if key not in RUNTIME_FLAGS and key in saved and getattr(args, key) != saved[key]]
+    if conflicts:
+        raise UserError(f"--resume continues the run of {opts_path} with its own settings, but these flags "
+                        f"differ from it: {', '.join(conflicts)}; drop them, or start a new run with another --name")
+    merged = vars(args).copy()
+    for key, value in saved.items():
+        if key in merged and not (key in RUNTIME_FLAGS and key in given):
+            merged[key] = value
+    merged["resume"] = True
+    return argparse.Namespace(**merged)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse flag values (or combinations) that argparse's types and choices let through."""
+    if args.model not in list_models():
+        raise UserError(f"--model {args.model!r} is not a known model; choose one of: {', '.join(list_models())}")
+    try:
+        BiGradualUnfreezing.check_boundaries(args.bigradual_n1, args.bigradual_n2)
+    except ValueError:
+        raise UserError(f"--bigradual_n2 ({args.bigradual_n2}) must be >= --bigradual_n1 ({args.bigradual_n1}) "
+                        f">= 0") from None
+    if args.dataset == "sues" and args.altitude is None:
+        raise UserError("--dataset sues needs --altitude (150, 200, 250 or 300)")
+    if args.teacher_path is not None and not Path(args.teacher_path).exists():
+        raise UserError(f"--teacher_path {args.teacher_path} does not exist; train a teacher first "
+                        f"(train.py --model mccg_convnext_tiny ...) or drop the flag")
+    for flag in POSITIVE_FLAGS:
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    for flag in NON_NEGATIVE_FLAGS:
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    _check_numbers(args)
+    _check_teacher_is_another_run(args)
+    if args.kd_mode == "kl" and args.kd_temperature <= 0:
+        raise UserError(f"--kd_temperature must be > 0 for --kd_mode kl, got {args.kd_temperature}")
+    if args.batchsize < 2 and args.triplet_loss > 0:
+        raise UserError("--batchsize must be at least 2 classes for the triplet loss (or pass --triplet_loss 0)")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Values that would train nonsense (gradient ascent after a milestone, NaN weights) are refused."""
+    ranges = {"lr": (0, math.inf, False), "gamma": (0, math.inf, False), "lion_lr_ratio": (0, math.inf, False),
+              "weight_decay": (0, math.inf, True), "backbone_lr_scale": (0, math.inf, True),
+              "erasing_p": (0, 1, True)}
+    for flag, (low, high, low_included) in ranges.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        inside = (value >= low if low_included else value > low) and value <= high and math.isfinite(value)
+        if not inside:
+            bound = f"{'>=' if low_included else '>'} {low}" + (f" and <= {high}" if high != math.inf else "")
+            raise UserError(f"--{flag} must be a finite number {bound}, got {value}")
+
+
+def _check_teacher_is_another_run(args: argparse.Namespace) -> None:
+    if args.teacher_path is None:
+        return
+    run_dir = (Path(args.checkpoint_dir) / args.name).resolve()
+    teacher = Path(args.teacher_path).resolve()
+    if teacher == run_dir or run_dir in teacher.parents:
+        raise UserError(f"--teacher_path {args.teacher_path} is the run being trained ({run_dir}); "
+                        f"distill from another run")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The options of ``--model``'s builder, as saved in opts.yaml (weights files are not part of it)."""
+    candidates = {"block": args.block, "head_input": args.head_input, "binarizer": args.binarizer,
+                  "temperature": args.temperature}
+    accepted = model_option_names(args.model)
+    return {k: v for k, v in candidates.items() if k in accepted}
+
+
+def default_weight_decay(optimizer: str) -> float:
+    """``--weight_decay``'s value when not given: each recipe's own."""
+    return {"sgd": 5e-4, "adamwlion": 0.01}.get(optimizer, 0.0)
+
+
+def run_options(args: argparse.Namespace, num_classes: int) -> dict:
+    """What opts.yaml records: every flag, plus what test.py needs to rebuild the network."""
+    return {"model": args.model, "model_options": model_options(args), "num_classes": num_classes,
+            "dataset": args.dataset, "altitude": args.altitude, "h": args.h, "w": args.w, "args": vars(args)}

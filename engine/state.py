@@ -1,0 +1,82 @@
+"""Training state besides weights and optimizers: the RNG streams and the running sums of an epoch.
+
+Checkpoints keep both so an interrupted epoch resumes bit for bit, and keep them in types that
+``torch.load(weights_only=True)`` accepts (tensors, numbers, strings, containers): NumPy's state
+tuple holds an ``ndarray``, so it is stored as a dict with the key array as an int64 tensor.
+"""
+import random
+from dataclasses import dataclass, field
+from typing import Dict
+
+import numpy as np
+import torch
+
+__all__ = ["EpochStats", "rng_state", "rng_state_from_legacy", "seed_epoch", "set_rng_state"]
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Re-seed every RNG at each epoch start, so a run resumed at an epoch boundary is identical
+    to the uninterrupted one. Returns the generator that drives shuffling and worker seeds."""
+    value = seed * 100_003 + epoch * 101 + rank
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+    generator = torch.Generator()
+    generator.manual_seed(seed * 100_003 + epoch)
+    return generator
+
+
+def _numpy_entry(state: tuple) -> dict:
+    """``np.random.get_state()``'s tuple as weights-only types (uint32 keys fit int64 exactly)."""
+    algorithm, keys, pos, has_gauss, cached_gaussian = state
+    return {"algorithm": str(algorithm), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def rng_state() -> dict:
+    """The state of every RNG of this process, as a checkpoint's ``"rng"`` entry."""
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_entry(np.random.get_state()),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back a :func:`rng_state`; tensors may come back on the device a checkpoint was mapped to."""
+    numpy = state["numpy"]
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state((numpy["algorithm"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def rng_state_from_legacy(old: dict) -> dict:
+    """Convert the ``"rng"`` entry of checkpoints written before the weights-only layout, whose
+    ``"numpy"`` is ``np.random.get_state()``'s tuple; the other entries are kept as they are."""
+    return {**old, "numpy": _numpy_entry(old["numpy"])}
+
+
+@dataclass
+class EpochStats:
+    """Running sums of the logged quantities; saved mid-epoch so an interrupted epoch resumes exactly."""
+    sums: Dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0
+
+    def add(self, terms: Dict[str, torch.Tensor], correct: int, seen: int) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.steps += 1
+        self.correct += correct
+        self.seen += seen
+
+    def means(self) -> Dict[str, float]:
+        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out["train_acc"] = 100.0 * self.correct / max(self.seen, 1)
+        out["skipped_steps"] = self.skipped
+        return out

@@ -1,0 +1,374 @@
+"""The training loop of one run: building it from the flags, stepping, checkpointing and resuming.
+
+The student recipe (docs/method.md §3): bi-gradual unfreezing, bi-partitioned optimization,
+cross-entropy + cross-view triplet loss, and logit distillation from a frozen teacher.
+"""
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from datasets import build_train_set
+from losses.objective import BiCrossNetLoss
+from models import TwoViewNet, build_model
+from models._helpers import check_input_size, load_model_state, nonfinite_entries
+from models.binary import BinarizerSchedule, apply_constraints_, count_exact_binary
+from models.run import LAST_CHECKPOINT, checkpoint_name, load_checkpoint, load_trained_model, saved_checkpoints
+from optim.factory import build_optimizers, build_schedulers
+from optim.stepping import step_optimizers
+from optim.unfreeze import BiGradualUnfreezing
+from utils.device import configure_precision, resolve_device
+from utils.errors import UserError
+from utils.files import link_or_copy, save_checkpoint
+
+from .distributed import DistributedContext, all_reduce_mean, barrier
+from .options import default_weight_decay, model_options
+from .state import EpochStats, rng_state, seed_epoch, set_rng_state
+from .training_log import MetricsTable
+
+__all__ = ["Trainer", "grad_scaler", "load_teacher"]
+
+
+def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """The loss scaler of float16 training on ``device`` (a no-op object when not ``enabled``)."""
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def load_teacher(path: str, num_classes: int, device: torch.device, logger) -> torch.nn.Module:
+    """A frozen teacher in eval mode; its classifier must cover the student's classes."""
+    teacher, opts, _ = load_trained_model(path)
+    if opts["num_classes"] != num_classes:
+        raise UserError(f"--teacher_path {path}: the teacher has {opts['num_classes']} classes but the training "
+                        f"set has {num_classes}; distill from a teacher trained on the same data")
+    teacher.requires_grad_(False)
+    logger.info("teacher %s (%s) loaded from %s", opts["model"], opts.get("args", {}).get("name", "?"), path)
+    return teacher.to(device).eval()
+
+
+class Trainer:
+    """Owns the model, optimizers and loop of one run; ``fit()`` trains from the current epoch."""
+
+    def __init__(self, args, ctx: DistributedContext, run_dir: Path, logger):
+        self.args, self.ctx, self.run_dir, self.logger = args, ctx, run_dir, logger
+        self.device = resolve_device(args.device, ctx.local_rank)
+        self.amp = args.amp and self.device.type == "cuda"
+        if args.amp and not self.amp:
+            logger.info("--amp applies to CUDA only; training in float32 on %s", self.device)
+        self.precision = configure_precision(self.device, self.amp, args.tf32)
+        self._build_data()
+        self._build_networks()
+        self._build_optimization()
+        self.start_epoch, self.resume_batches, self.resume_stats, self.resume_rng = 0, 0, None, None
+        self.bad_steps = 0
+        # Rows of metrics.csv; checkpoints carry them, so metrics.csv can be rebuilt on resume.
+        # None until fit(): a fresh run starts empty, a resumed one from its checkpoint.
+        self.history: Optional[List[dict]] = None
+        self.phase = None
+        self.network = None
+        self.interrupted = 0  # number of the first stop signal received (set by engine.stop_signals)
+        self.stopped = False  # training stopped early on a signal, after saving
+        # Called after every checkpoint written; train.py uses it to commit the run's claim.
+        self.after_checkpoint: Callable[[], None] = lambda: None
+
+    # ----------------------------------------------------------------- building
+    def _build_data(self) -> None:
+        args, ctx = self.args, self.ctx
+        self.dataset = build_train_set(
+            args.data_dir, dataset=args.dataset, altitude=args.altitude, h=args.h, w=args.w,
+            sample_num=args.sample_num, erasing_p=args.erasing_p, color_jitter=args.color_jitter, DA=args.DA,
+            on_bad_image=args.on_bad_image)
+        self.num_classes = self.dataset.num_classes
+        if len(self.dataset) < args.batchsize * ctx.world_size:
+            raise UserError(f"--data_dir {args.data_dir} has {len(self.dataset)} training items, fewer than one "
+                            f"batch of {args.batchsize}×{ctx.world_size}; lower --batchsize")
+        self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                          shuffle=True, seed=args.seed, drop_last=True) if ctx.enabled else None
+
+    def _build_networks(self) -> None:
+        args = self.args
+        weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
+        torch.manual_seed(args.seed)  # identical initial weights on every process and every run
+        self.model = build_model(args.model, self.num_classes, **model_options(args), **weights).to(self.device)
+        self._check_input_size(self.model, args.model)
+        apply_constraints_(self.model)
+        self.teacher = None
+        if args.teacher_path:
+            self.teacher = load_teacher(args.teacher_path, self.num_classes, self.device, self.logger)
+            self._check_input_size(self.teacher, f"the teacher of {args.teacher_path}")
+        self.criterion = BiCrossNetLoss(triplet_margin=args.triplet_loss,
+                                        kd_weight=args.kd_weight if self.teacher is not None else 0.0,
+                                        kd_temperature=args.kd_temperature, kd_mode=args.kd_mode)
+
+    def _check_input_size(self, model: torch.nn.Module, name: str) -> None:
+        try:
+            check_input_size(model, self.args.h, self.args.w, name)
+        except ValueError as err:
+            raise UserError(f"--h {self.args.h} --w {self.args.w}: {err}") from None
+
+    def _build_optimization(self) -> None:
+        args = self.args
+        weight_decay = default_weight_decay(args.optimizer) if args.weight_decay is None else args.weight_decay
+        self.optimizers = build_optimizers(self.model, args.optimizer, args.lr, lion_lr_ratio=args.lion_lr_ratio,
+                                           weight_decay=weight_decay, backbone_lr_scale=args.backbone_lr_scale)
+        self.schedulers = build_schedulers(self.optimizers, milestones=args.steps, gamma=args.gamma)
+        self.scaler = grad_scaler(self.device, self.amp)
+        self.unfreezing = BiGradualUnfreezing(self.model, args.bigradual_n1, args.bigradual_n2)
+        self.binarizer_schedule = BinarizerSchedule(self.model, args.epochs, args.temperature_decay)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "epoch_stats": vars(stats) if stats is not None else None,
+            "bad_steps": self.bad_steps,
+            "history": self.history,
+            "rng": rng_state(),
+            "model_name": self.args.model,
+            "num_classes": self.num_classes,
+        }
+
+    def save(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None, keep: bool = False):
+        """Write last.pth (and net_<epoch>.pth when ``keep``); ``epoch`` counts completed epochs.
+
+        net_<epoch>.pth goes first: last.pth is what --resume reads, so a process killed between
+        the two writes redoes the epoch and rewrites the same net_<epoch>.pth, instead of lacking it.
+        """
+        if not self.ctx.is_main:
+            return
+        state = self.state(epoch, batches_done, stats)
+        nonfinite = nonfinite_entries(state["model"])
+        if nonfinite:
+            raise UserError(f"the weights hold NaN or infinite values ({len(nonfinite)} tensors, e.g. "
+                            f"{', '.join(nonfinite[:3])}); not overwriting {self.run_dir / LAST_CHECKPOINT}, "
+                            f"which keeps the last finite state (lower --lr, then --resume)")
+        if keep:
+            save_checkpoint(state, self.run_dir / checkpoint_name(epoch))
+            link_or_copy(self.run_dir / checkpoint_name(epoch), self.run_dir / LAST_CHECKPOINT)
+            self._prune_epoch_checkpoints()
+        else:
+            save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
+        self.after_checkpoint()
+
+    def _prune_epoch_checkpoints(self) -> None:
+        """With --keep_last K, delete all but the K newest net_<epoch>.pth (last.pth is never one)."""
+        if self.args.keep_last:
+            epochs = sorted((p for p in self.run_dir.glob("net_*.pth") if p.stem[4:].isdigit()),
+                            key=lambda p: int(p.stem[4:]))
+            for path in epochs[:-self.args.keep_last]:
+                path.unlink()
+
+    def restore(self) -> None:
+        """Continue from last.pth: weights, optimizer and scheduler states, and the epoch position."""
+        path = self.run_dir / LAST_CHECKPOINT
+        try:
+            ckpt = load_checkpoint(path, map_location=self.device)
+        except UserError as err:
+            earlier = [name for name in saved_checkpoints(self.run_dir) if name != LAST_CHECKPOINT]
+            if not earlier:
+                raise
+            raise UserError(f"{err}; to resume from an earlier epoch, copy one of {', '.join(earlier)} "
+                            f"to {path}") from None
+        if ckpt.get("num_classes", self.num_classes) != self.num_classes:
+            raise UserError(f"{path} was trained with {ckpt['num_classes']} classes but --data_dir "
+                            f"{self.args.data_dir} has {self.num_classes}")
+        load_model_state(self.model, ckpt["model"], path, self.args.model)
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][key])
+        for key, sched in self.schedulers.items():
+            sched.load_state_dict(ckpt["schedulers"][key])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch, self.resume_batches = ckpt["epoch"], ckpt["batches_done"]
+        self.bad_steps = ckpt.get("bad_steps", 0)
+        self.history = ckpt.get("history")  # None in checkpoints older than the record: read metrics.csv
+        if self.resume_batches:
+            self.resume_stats = EpochStats(**ckpt["epoch_stats"])
+            self.resume_rng = ckpt["rng"]
+        self.logger.info("resumed from %s at epoch %d%s", path, self.start_epoch,
+                         f", batch {self.resume_batches}" if self.resume_batches else "")
+
+    # ----------------------------------------------------------------- one epoch
+    def _enter_phase(self, epoch: int) -> None:
+        phase = self.unfreezing.apply(epoch)
+        if phase == self.phase:
+            return
+        self.phase = phase
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.logger.info("epoch %d: bi-gradual phase %d (%s), %.2f M trainable parameters",
+                         epoch, phase, BiGradualUnfreezing.phase_name(phase), trainable / 1e6)
+        two_view = TwoViewNet(self.model)
+        # DDP only synchronizes parameters that require gradients when it is built: rebuild per phase.
+        self.network = DistributedDataParallel(
+            two_view, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        ) if self.ctx.enabled else two_view
+
+    def _loader(self, epoch: int) -> DataLoader:
+        generator = seed_epoch(self.args.seed, epoch, self.ctx.rank)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            sampler = self.sampler
+        else:
+            sampler = RandomSampler(self.dataset, generator=generator)
+        return DataLoader(self.dataset, batch_size=self.args.batchsize, sampler=sampler, drop_last=True,
+                          num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda",
+                          generator=generator)
+
+    def train_epoch(self, epoch: int) -> Optional[Dict[str, float]]:
+        """Train one epoch (the rest of it, when resuming mid-epoch); returns the epoch's mean
+        metrics, or None when a stop signal ended it after saving."""
+        self._enter_phase(epoch)
+        self.binarizer_schedule.start_epoch(epoch)
+        self.model.train()
+        loader = self._loader(epoch)
+        stats, skip = EpochStats(), 0
+        if epoch == self.start_epoch and self.resume_batches:
+            stats, skip = self.resume_stats, self.resume_batches
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", disable=not self.ctx.is_main,
+                   dynamic_ncols=True, leave=False)
+        try:
+            for index, (satellite, drone, labels) in enumerate(bar):
+                if index < skip:
+                    # The skipped batches are drawn all the same, so the loader and its workers
+                    # reach the same position; then the RNGs go back to where the run stopped.
+                    if index == skip - 1:
+                        set_rng_state(self.resume_rng)
+                    continue
+                self.train_step(satellite, drone, labels, stats, epoch, index)
+                bar.set_postfix(loss=f"{stats.sums.get('total', 0.0) / max(stats.steps, 1):.3f}")
+                if self._stop_requested():
+                    self.save(epoch, batches_done=index + 1, stats=stats)
+                    self.logger.warning("interrupted: saved %s at epoch %d, batch %d; continue with --resume",
+                                        self.run_dir / LAST_CHECKPOINT, epoch, index + 1)
+                    return None
+        except UserError as err:
+            # An error re-raised from a DataLoader worker (an unreadable image) carries finished
+            # frames that hold the loader iterator in a reference cycle. Clearing them shuts the
+            # workers down now; left to the garbage collector, the shutdown stalls for seconds on
+            # half-finalized queues, and the worker processes linger in the meantime.
+            traceback.clear_frames(err.__traceback__)
+            raise
+        return stats.means()
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived in any process; all of them must stop after the same step,
+        or the others would wait forever for the next gradient all-reduce."""
+        if not self.ctx.enabled:
+            return bool(self.interrupted)
+        flag = torch.tensor(float(bool(self.interrupted)), device=self.device)
+        return all_reduce_mean(flag, self.ctx).item() > 0
+
+    # ----------------------------------------------------------------- one step
+    def train_step(self, satellite, drone, labels, stats: EpochStats, epoch: int, index: int) -> None:
+        satellite = satellite.to(self.device, non_blocking=True)
+        drone = drone.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        # A forward that overflows poisons BatchNorm running statistics before the loss shows it:
+        # keep the buffers to put back if the step is skipped.
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            out_sat, out_drone = self.network(satellite, drone)
+            teacher_sat = teacher_drone = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_sat = self.teacher.forward_heads(satellite)
+                    teacher_drone = self.teacher.forward_heads(drone)
+            total, terms = self.criterion(out_sat, out_drone, labels, teacher_sat, teacher_drone)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        finite = all_reduce_mean(torch.isfinite(total.detach()).float(), self.ctx)
+        if finite.item() < 1.0:
+            losses = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            self._skip_step(buffers, stats, epoch, index, f"non-finite loss ({losses})")
+            return
+        self.scaler.scale(total).backward()
+        # Under AMP the GradScaler skips steps with non-finite gradients (and lowers its scale) itself.
+        if not self.scaler.is_enabled() and not self._finite_gradients():
+            self._skip_step(buffers, stats, epoch, index, f"non-finite gradients (loss {total.item():.4g})")
+            return
+        self.bad_steps = 0
+        if not step_optimizers(self.optimizers.values(), self.scaler):
+            # The loss scale was too high for float16 gradients: the scaler skipped the step and
+            # lowered its scale, as it does early in every AMP run. Not a divergence.
+            self._restore_buffers(buffers)
+            stats.skipped += 1
+            return
+        apply_constraints_(self.model)
+        predictions = out_sat[0][0].detach().argmax(1), out_drone[0][0].detach().argmax(1)
+        correct = int(sum((p == labels).sum() for p in predictions))
+        stats.add({k: all_reduce_mean(v, self.ctx) for k, v in terms.items()}, correct, 2 * labels.numel())
+
+    def _finite_gradients(self) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))))
+
+    def _restore_buffers(self, buffers) -> None:
+        for buffer, saved in zip(self.model.buffers(), buffers):
+            buffer.copy_(saved)
+
+    def _skip_step(self, buffers, stats: EpochStats, epoch: int, index: int, reason: str) -> None:
+        """Leave weights and buffers as they were; stop after --max_bad_steps bad steps in a row."""
+        self._restore_buffers(buffers)
+        self.bad_steps += 1
+        stats.skipped += 1
+        self.logger.warning("epoch %d batch %d: %s; step skipped (%d in a row)", epoch, index, reason, self.bad_steps)
+        if self.bad_steps >= self.args.max_bad_steps:
+            raise UserError(f"training diverged: {self.bad_steps} consecutive steps with non-finite values at "
+                            f"epoch {epoch}; {self.run_dir / LAST_CHECKPOINT} holds the last good state "
+                            f"(lower --lr or raise --max_bad_steps)")
+
+    # ----------------------------------------------------------------- the run
+    def fit(self) -> None:
+        """Train from ``start_epoch`` to ``--epochs``, saving and logging after every epoch."""
+        table = None
+        if self.ctx.is_main:
+            table = MetricsTable(self.run_dir, keep_through_epoch=self.start_epoch, rows=self.history)
+        if self.history is None:  # a fresh run, or a checkpoint older than the record: start from the CSV
+            self.history = list(table.rows) if table is not None else []
+        self.logger.info("precision: %s on %s", self.precision, self.device)
+        exact, total = count_exact_binary(self.model)
+        self.logger.info("%s: %d classes, %d training items, %d binary convolutions (%d with exactly ±1 "
+                         "forward weights)", self.args.model, self.num_classes, len(self.dataset), total, exact)
+        for epoch in range(self.start_epoch, self.args.epochs):
+            start = time.time()
+            means = self.train_epoch(epoch)
+            if means is None:
+                self.stopped = True
+                return
+            for sched in self.schedulers.values():
+                sched.step()
+            self.binarizer_schedule.end_epoch()
+            last = epoch + 1 == self.args.epochs
+            self._finish_epoch(epoch, means, start, table, last)
+            if not last and self._stop_requested():
+                self.stopped = True
+                self.logger.warning("interrupted after epoch %d; continue with --resume", epoch + 1)
+                return
+
+    def _finish_epoch(self, epoch: int, means: Dict[str, float], start: float, table: Optional[MetricsTable],
+                      last: bool) -> None:
+        """Record the finished epoch: checkpoint first, then the log line and metrics.csv."""
+        exact, total = count_exact_binary(self.model)
+        row = {"epoch": epoch + 1, "phase": self.phase, **means, "binary_exact": f"{exact}/{total}",
+               "seconds": round(time.time() - start, 2)}
+        row.update({f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()})
+        # The checkpoint (which carries the row) is written before metrics.csv: the CSV is never
+        # ahead of the checkpoint, and a kill in between loses no row.
+        self.history.append(row)
+        keep = last or (self.args.save_every > 0 and (epoch + 1) % self.args.save_every == 0)
+        self.save(epoch + 1, keep=keep)
+        barrier(self.ctx)
+        self.logger.info("epoch %d/%d  %s", epoch + 1, self.args.epochs,
+                         "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in row.items() if k != "epoch"))
+        if table is not None:
+            table.append(row)
+            table.plot()

@@ -1,0 +1,115 @@
+// AVX2 kernels: no vector popcount, so bytes are counted with two 16-entry table lookups (VPSHUFB)
+// per nibble, summed in bytes for up to 31 words and widened with VPSADBW.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+
+#pragma GCC target("avx2,fma,popcnt")
+
+namespace bitpacked {
+namespace {
+
+#include "tile.inc"
+
+// Byte sums stay below 256 for this many words (each word adds at most 8 per byte).
+constexpr int64_t kByteRun = 31;
+
+inline __m256i popcount_bytes(__m256i x, __m256i table, __m256i low) {
+  const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(x, low));
+  const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
+  return _mm256_add_epi8(lo, hi);
+}
+
+// One block of 8 pixels (2 vectors) x 4 output channels: 8 byte accumulators fit 16 registers.
+void block_8x4(const uint64_t* buffer, const uint64_t* weight, int64_t k_words, int px, int ch,
+               int64_t* counts) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  __m256i total[2][4];
+  for (auto& row : total) {
+    for (auto& v : row) v = _mm256_setzero_si256();
+  }
+  for (int64_t k0 = 0; k0 < k_words; k0 += kByteRun) {
+    const int64_t k1 = k0 + kByteRun < k_words ? k0 + kByteRun : k_words;
+    __m256i acc[2][4];
+    for (auto& row : acc) {
+      for (auto& v : row) v = _mm256_setzero_si256();
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      const uint64_t* col = buffer + k * kTilePixels + px;
+      const __m256i a0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(col));
+      const __m256i a1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(col + 4));
+      const uint64_t* w = weight + k * kTileChannels + ch;
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m256i b = _mm256_set1_epi64x(static_cast<long long>(w[j]));
+        acc[0][j] = _mm256_add_epi8(acc[0][j], popcount_bytes(_mm256_xor_si256(a0, b), table, low));
+        acc[1][j] = _mm256_add_epi8(acc[1][j], popcount_bytes(_mm256_xor_si256(a1, b), table, low));
+      }
+    }
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < 4; ++j) {
+        total[i][j] = _mm256_add_epi64(total[i][j], _mm256_sad_epu8(acc[i][j], _mm256_setzero_si256()));
+      }
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(counts + (ch + j) * kTilePixels + px + 4 * i), total[i][j]);
+    }
+  }
+}
+
+void micro_kernel(const uint64_t* buffer, const uint64_t* weight, int64_t k_words, int64_t* counts) {
+  for (int px = 0; px < kTilePixels; px += 8) {
+    for (int ch = 0; ch < kTileChannels; ch += 4) block_8x4(buffer, weight, k_words, px, ch, counts);
+  }
+}
+
+void pack(const PackArgs& a, int64_t row_begin, int64_t row_end) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* x = a.x + r * a.channels;
+    uint64_t* out = a.bits + r * a.words;
+    for (int64_t w = 0; w < a.words; ++w) {
+      uint64_t word = 0;
+      for (int q = 0; q < 8; ++q) {
+        const int64_t c = w * 64 + q * 8;
+        if (c >= a.channels) break;
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(a.channels - c)), lanes);
+        const __m256 v = _mm256_add_ps(_mm256_maskload_ps(x + c, m), _mm256_maskload_ps(a.bias + c, m));
+        const int bits = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_castsi256_ps(m)));
+        word |= static_cast<uint64_t>(bits) << (8 * q);
+      }
+      out[w] = word;
+    }
+  }
+}
+
+void conv(const ConvArgs& a, const ConvWork& work, uint64_t* buffer) { conv_items(a, work, buffer); }
+
+void compute_tile(const ConvArgs& a, const TileInfo& t, const uint64_t* buffer, int64_t o) {
+  alignas(64) int64_t counts[kTileChannels * kTilePixels];
+  micro_kernel(buffer, a.weight + o * a.kernel * a.kernel * a.words, a.kernel * a.kernel * a.words, counts);
+  finish_scalar(a, t, o, counts);
+}
+
+int64_t peak(int64_t repeats, uint64_t* buffer, const uint64_t* weight, int64_t words) {
+  alignas(64) int64_t counts[kTileChannels * kTilePixels];
+  int64_t checksum = 0;
+  for (int64_t r = 0; r < repeats; ++r) {
+    micro_kernel(buffer, weight, words, counts);
+    checksum += counts[r % (kTileChannels * kTilePixels)];
+  }
+  return checksum;
+}
+
+}  // namespace
+
+Isa isa_avx2() { return {"avx2", pack, conv, peak}; }
+
+}  // namespace bitpacked

@@ -1,0 +1,64 @@
+// Portable kernels: plain C++ for any CPU, the reference the vector paths must match bit for bit.
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace bitpacked {
+namespace {
+
+#include "tile.inc"
+
+// SWAR popcount: no POPCNT instruction is assumed on this path.
+inline uint64_t popcount64(uint64_t x) {
+  x = x - ((x >> 1) & 0x5555555555555555ULL);
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+  x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+  return (x * 0x0101010101010101ULL) >> 56;
+}
+
+void micro_kernel(const uint64_t* buffer, const uint64_t* weight, int64_t k_words, int64_t* counts) {
+  for (int i = 0; i < kTileChannels * kTilePixels; ++i) counts[i] = 0;
+  for (int64_t k = 0; k < k_words; ++k) {
+    const uint64_t* col = buffer + k * kTilePixels;
+    for (int j = 0; j < kTileChannels; ++j) {
+      const uint64_t w = weight[k * kTileChannels + j];
+      int64_t* row = counts + j * kTilePixels;
+      for (int p = 0; p < kTilePixels; ++p) row[p] += static_cast<int64_t>(popcount64(col[p] ^ w));
+    }
+  }
+}
+
+void pack(const PackArgs& a, int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* x = a.x + r * a.channels;
+    uint64_t* out = a.bits + r * a.words;
+    for (int64_t w = 0; w < a.words; ++w) out[w] = 0;
+    for (int64_t c = 0; c < a.channels; ++c) {
+      if (x[c] + a.bias[c] >= 0.0f) out[c / 64] |= 1ULL << (c % 64);
+    }
+  }
+}
+
+void conv(const ConvArgs& a, const ConvWork& work, uint64_t* buffer) { conv_items(a, work, buffer); }
+
+void compute_tile(const ConvArgs& a, const TileInfo& t, const uint64_t* buffer, int64_t o) {
+  alignas(64) int64_t counts[kTileChannels * kTilePixels];
+  micro_kernel(buffer, a.weight + o * a.kernel * a.kernel * a.words, a.kernel * a.kernel * a.words, counts);
+  finish_scalar(a, t, o, counts);
+}
+
+int64_t peak(int64_t repeats, uint64_t* buffer, const uint64_t* weight, int64_t words) {
+  alignas(64) int64_t counts[kTileChannels * kTilePixels];
+  int64_t checksum = 0;
+  for (int64_t r = 0; r < repeats; ++r) {
+    micro_kernel(buffer, weight, words, counts);
+    checksum += counts[r % (kTileChannels * kTilePixels)];
+  }
+  return checksum;
+}
+
+}  // namespace
+
+Isa isa_portable() { return {"portable", pack, conv, peak}; }
+
+}  // namespace bitpacked
