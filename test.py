@@ -2,14 +2,14 @@
 
     python test.py --name RUN --test_dir data/University-1652/test [--mode both]
     python test.py --name RUN --test_dir data/SUES-200/test --altitude all
-    python test.py --packed checkpoints/RUN/last_packed.pt --test_dir data/University-1652/test
+    python test.py --packed checkpoints/RUN/last_packed.pt --engine bitpacked --test_dir data/University-1652/test
 
 The network is rebuilt from ``<checkpoint_dir>/<name>/opts.yaml`` and its checkpoint, or from a
 1-bit packed file written by ``export.py`` (``--packed``, results then go beside that file); the
 dataset kind, altitude and input size default to the run's own. Per direction it prints the
 familiar ``Recall@1:.. Recall@5:.. Recall@10:.. Recall@top1:.. AP:..`` line and records the
-metrics in ``<run>/results.json`` under ``"<dataset>[/<altitude>]/<direction>"``, next to the
-results of earlier evaluations.
+metrics in ``<run>/results.json`` under a key naming everything that changes them
+(``university/Drone->Satellite/last.pth/256x256/flip/float/cpu-fp32``), next to earlier evaluations.
 
 ``--export_mat`` writes the features in the University-1652 ``pytorch_result.mat`` format
 (query_f, query_label, query_path, gallery_f, gallery_label, gallery_path); when one call
@@ -21,18 +21,19 @@ top-10 gallery images, matches framed green and mistakes red.
 import argparse
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from datasets import MODE_NAMES, SUES_ALTITUDES, build_test_sets
+from datasets import BAD_IMAGE_MODES, MODE_NAMES, SUES_ALTITUDES, build_test_sets
 from evaluation.features import extract_features
 from evaluation.matfile import export_mat
 from evaluation.metrics import count_unmatched, evaluate_retrieval, format_metrics
 from evaluation.records import RESULTS_FILE, load_results, record_result
 from evaluation.visualize import save_retrieval_grid
 from models._helpers import check_input_size
-from models.packing import load_packed
+from models.packing import ENGINES, load_packed
 from models.run import checkpoint_name, load_opts, load_trained_model
 from utils.device import DEVICE_CHOICES, configure_precision, device_label, resolve_device
 from utils.errors import UserError, exit_on_user_error
@@ -40,11 +41,17 @@ from utils.errors import UserError, exit_on_user_error
 DATASET_TITLES = {"university": "University-1652", "sues": "SUES-200"}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's default in its help, and the module docstring's examples as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--name", default=None, help="run name; the run directory is <checkpoint_dir>/<name>/")
     p.add_argument("--packed", default=None, metavar="FILE",
                    help="evaluate a packed 1-bit model file from export.py instead of a run's checkpoint")
+    p.add_argument("--engine", default="float", choices=ENGINES,
+                   help="--packed only: float (the training network) or bitpacked (XNOR/popcount CPU kernels)")
     p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
     p.add_argument("--test_dir", required=True,
                    help="test folder: University-1652/test, or SUES-200/test (holding one folder per altitude)")
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w", type=int, default=None, help="input width (default: the run's)")
     p.add_argument("--batchsize", type=int, default=64, help="images per forward pass")
     p.add_argument("--num_workers", type=int, default=4, help="data-loading processes")
-    p.add_argument("--on_bad_image", default="error", choices=["error", "skip"],
+    p.add_argument("--on_bad_image", default="error", choices=BAD_IMAGE_MODES,
                    help="unreadable test image: stop with its name, or leave it out of the evaluation")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
     p.add_argument("--amp", action="store_true",
@@ -87,10 +94,6 @@ def evaluation_plan(args, opts: dict):
         altitudes = [None]
     modes = [1, 2] if args.mode == "both" else [int(args.mode)]
     return dataset, altitudes, modes
-
-
-def result_key(dataset: str, altitude, mode: int) -> str:
-    return "/".join([dataset] + ([str(altitude)] if altitude is not None else []) + [MODE_NAMES[mode]])
 
 
 def file_tag(altitude, mode: int) -> str:
@@ -123,6 +126,8 @@ def check_flags(args) -> None:
             raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     if (args.name is None) == (args.packed is None):
         raise UserError("pass exactly one of --name RUN (a training run) or --packed FILE (an export.py file)")
+    if args.engine != "float" and not args.packed:
+        raise UserError(f"--engine {args.engine} runs packed files: pass --packed FILE (write one with export.py)")
 
 
 def check_writable(folder: Path) -> None:
@@ -149,50 +154,76 @@ def evaluate_direction(model, sets, args, device) -> tuple:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_flags(args)
-    if args.packed:
-        model, opts = load_packed(args.packed)
-        run_dir, source, epoch = Path(args.packed).parent, Path(args.packed).name, opts.get("epoch")
-    else:
-        run_dir = Path(args.checkpoint_dir) / args.name
-        opts = load_opts(run_dir)
-    dataset, altitudes, modes = evaluation_plan(args, opts)
+    source = EvaluationSource(args)
+    dataset, altitudes, modes = evaluation_plan(args, source.opts)
     device = resolve_device(args.device)
     precision = configure_precision(device, args.amp, args.tf32)
-    h, w = args.h or opts["h"], args.w or opts["w"]
+    h, w = args.h or source.opts["h"], args.w or source.opts["w"]
+    if (h, w) != (source.opts["h"], source.opts["w"]):
+        print(f"note: evaluating at {h}x{w}; the network was trained at {source.opts['h']}x{source.opts['w']}")
     # Test folders, earlier results and the run folder are checked before the (slow) model load.
     test_sets = {(altitude, mode): build_test_sets(args.test_dir, dataset, altitude, mode, h, w, args.on_bad_image)
                  for altitude in altitudes for mode in modes}
-    results_path = run_dir / RESULTS_FILE
+    results_path = source.run_dir / RESULTS_FILE
     load_results(results_path)
-    check_writable(run_dir)
-    if not args.packed:
-        model, _, checkpoint = load_trained_model(run_dir, args.which_epoch, opts=opts)
-        source, epoch = checkpoint_name(args.which_epoch), checkpoint.get("epoch")
-    model.to(device)
+    check_writable(source.run_dir)
+    model = source.load().to(device)
     try:
-        check_input_size(model, h, w, opts["model"])
+        check_input_size(model, h, w, source.opts["model"])
     except ValueError as err:
         raise UserError(f"--h {h} --w {w}: {err}") from None
-
-    table = {}
+    common = dict(dataset=dataset, checkpoint=source.name, epoch=source.epoch, h=h, w=w, flip=not args.no_flip,
+                  engine=source.engine, device=device_label(device), precision=precision,
+                  test_dir=str(Path(args.test_dir).resolve()))
     try:
-        for (altitude, mode), sets in test_sets.items():
-            where = f" {altitude} m" if altitude is not None else ""
-            print(f"{DATASET_TITLES[dataset]}{where} {MODE_NAMES[mode]}: {len(sets[0])} queries, "
-                  f"{len(sets[1])} gallery images ({run_dir.name}/{source}, {device_label(device)}, {precision})")
-            qf, gf, metrics = evaluate_direction(model, sets, args, device)
-            print(format_metrics(metrics))
-            record_result(results_path, result_key(dataset, altitude, mode), dict(
-                metrics, checkpoint=source, epoch=epoch, num_queries=len(sets[0]), num_gallery=len(sets[1]),
-                h=h, w=w, flip=not args.no_flip, device=device_label(device), precision=precision))
-            table[altitude, mode] = metrics
-            save_extras(args, run_dir, file_tag(altitude, mode), len(test_sets) > 1, sets, qf, gf)
+        table = evaluate_plan(model, test_sets, args, device, results_path, common)
     except KeyboardInterrupt:
         print(f"error: interrupted; the directions finished before are saved in {results_path}", file=sys.stderr)
         return 130
     if len(altitudes) > 1:
         print_table(dataset, table)
     return 0
+
+
+class EvaluationSource:
+    """What is evaluated: a run's checkpoint (``--name``/``--which_epoch``) or a packed file
+    (``--packed``, with ``--engine``); results go beside it."""
+
+    def __init__(self, args):
+        self.args = args
+        if args.packed:
+            self.model, self.opts = load_packed(args.packed, engine=args.engine)
+            self.run_dir, self.name, self.epoch = Path(args.packed).parent, Path(args.packed).name, self.opts.get("epoch")
+            self.engine = f"packed-{args.engine}"
+        else:
+            self.run_dir = Path(args.checkpoint_dir) / args.name
+            self.opts, self.model = load_opts(self.run_dir), None
+            self.name, self.engine = checkpoint_name(args.which_epoch), "float"
+
+    def load(self):
+        """The network (a run's checkpoint is read only now, after the cheap checks)."""
+        if self.model is None:
+            self.model, _, checkpoint = load_trained_model(self.run_dir, self.args.which_epoch, opts=self.opts)
+            self.epoch = checkpoint.get("epoch")
+        return self.model
+
+
+def evaluate_plan(model, test_sets: dict, args, device, results_path: Path, common: dict) -> dict:
+    """Evaluate every (altitude, direction), recording each as soon as it is done."""
+    table = {}
+    for (altitude, mode), sets in test_sets.items():
+        where = f" {altitude} m" if altitude is not None else ""
+        print(f"{DATASET_TITLES[common['dataset']]}{where} {MODE_NAMES[mode]}: {len(sets[0])} queries, "
+              f"{len(sets[1])} gallery images ({results_path.parent.name}/{common['checkpoint']}, "
+              f"{common['device']}, {common['precision']})")
+        qf, gf, metrics = evaluate_direction(model, sets, args, device)
+        print(format_metrics(metrics))
+        record_result(results_path, dict(metrics, **common, altitude=altitude, direction=MODE_NAMES[mode],
+                                         num_queries=len(sets[0]), num_gallery=len(sets[1]),
+                                         time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+        table[altitude, mode] = metrics
+        save_extras(args, results_path.parent, file_tag(altitude, mode), len(test_sets) > 1, sets, qf, gf)
+    return table
 
 
 def save_extras(args, run_dir: Path, tag: str, several: bool, sets, qf, gf) -> None:

@@ -26,10 +26,10 @@ RUNS=$OUT/checkpoints
 DATA=$OUT/data
 HAS_CUDA=$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))')
 if [ "$HAS_CUDA" = 1 ]; then
-  DEVICES=(cuda cuda cpu); AMPS=("" --amp ""); LABELS=(gpu_fp32 gpu_amp cpu_fp32)
+  DEVICES=(cuda cuda cpu); AMPS=("" --amp "")
 else
   echo "== no CUDA device: running on the CPU; skipped: AMP training (--amp is a no-op on CPU), GPU evaluation, GPU benchmarks"
-  DEVICES=(cpu); AMPS=(""); LABELS=(cpu_fp32)
+  DEVICES=(cpu); AMPS=("")
 fi
 
 rm -rf "$OUT"
@@ -46,7 +46,6 @@ for i in "${!DEVICES[@]}"; do
   # shellcheck disable=SC2086
   "$PYTHON" test.py --name student --checkpoint_dir "$RUNS" --test_dir "$DATA/test" --mode both --num_workers 2 \
     --device "${DEVICES[$i]}" ${AMPS[$i]}
-  cp "$RUNS/student/results.json" "$OUT/results_${LABELS[$i]}.json"
 done
 
 if [ "$HAS_CUDA" = 1 ]; then
@@ -59,14 +58,4 @@ fi
 
 echo
 echo "== summary: the same student checkpoint evaluated per device and precision"
-"$PYTHON" - "$OUT"/results_*.json <<'PY'
-import json, sys
-from pathlib import Path
-print("| evaluation | device | precision | S→D R@1 | S→D AP | D→S R@1 | D→S AP |")
-print("|---|---|---|---:|---:|---:|---:|")
-for path in sys.argv[1:]:
-    results = json.loads(Path(path).read_text())
-    s2d, d2s = results["university/Satellite->Drone"], results["university/Drone->Satellite"]
-    cells = [f"{m[k]:.2f}" for m in (s2d, d2s) for k in ("recall@1", "ap")]
-    print(f"| {Path(path).stem[8:]} | {d2s['device']} | {d2s['precision']} | " + " | ".join(cells) + " |")
-PY
+"$PYTHON" scripts/precision_table.py "$RUNS/student"

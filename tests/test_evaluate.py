@@ -20,11 +20,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from datasets.synthetic import generate_sues
 from datasets.retrieval import build_test_sets
 from models import build_model
+from models.packing import ENGINES, export_packed
 from utils.files import save_checkpoint
 from evaluation.features import extract_features, fuse_branches
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
 from engine.run_dir import save_opts
 from models.run import load_trained_model
+from evaluation.records import latest_record
 from evaluation.visualize import FRAME, GAP, MATCH, MISTAKE, grid_size, save_retrieval_grid, top_gallery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,14 +163,16 @@ def test_retrieval_grid_frames_matches_green_and_mistakes_red(tmp_path):
 
 def test_results_json_holds_both_directions(evaluated, university_root):
     _, stdout, results = evaluated
-    assert sorted(results) == sorted(f"university/{d}" for d in DIRECTIONS)
+    assert sorted(results) == sorted(f"university/{d}/last.pth/{SIZE}x{SIZE}/flip/float/cpu-fp32" for d in DIRECTIONS)
     for direction, (query_folder, gallery_folder) in FOLDERS.items():
-        entry = results[f"university/{direction}"]
+        entry = latest_record(results, "university", direction)
         for name in METRIC_NAMES:
             assert 0.0 <= entry[name] <= 100.0
         assert entry["num_queries"] == count_images(university_root, query_folder)
         assert entry["num_gallery"] == count_images(university_root, gallery_folder)
         assert (entry["checkpoint"], entry["epoch"], entry["h"], entry["flip"]) == ("last.pth", 4, SIZE, True)
+        assert (entry["engine"], entry["precision"], entry["device"]) == ("float", "fp32", "cpu")
+        assert entry["test_dir"] == str((university_root / "test").resolve()) and entry["time"]
         assert format_metrics(entry) in stdout
 
 
@@ -180,7 +184,7 @@ def test_results_equal_metrics_of_directly_computed_features(evaluated, universi
         query_f, query_l = extract_features(model, DataLoader(query_set, batch_size=32), "cpu")
         gallery_f, gallery_l = extract_features(model, DataLoader(gallery_set, batch_size=32), "cpu")
         direct = evaluate_retrieval(query_f, query_l, gallery_f, gallery_l)
-        recorded = results[f"university/{direction}"]
+        recorded = latest_record(results, "university", direction)
         exported = scipy.io.loadmat(run_dir / f"pytorch_result_{FILE_TAGS[direction]}.mat")
         assert np.allclose(exported["query_f"], query_f.numpy(), atol=1e-6)
         assert np.allclose(exported["gallery_f"], gallery_f.numpy(), atol=1e-6)
@@ -202,7 +206,7 @@ def test_mat_export_is_readable_and_matches_the_reference_metrics(evaluated, uni
         reference = evaluate_retrieval_loop(mat["query_f"], mat["query_label"][0], mat["gallery_f"],
                                             mat["gallery_label"][0])
         for name in METRIC_NAMES:
-            assert results[f"university/{direction}"][name] == pytest.approx(reference[name], abs=1e-9)
+            assert latest_record(results, "university", direction)[name] == pytest.approx(reference[name], abs=1e-9)
 
 
 def test_visualization_png_has_one_row_per_query(evaluated, university_root):
@@ -220,12 +224,14 @@ def test_single_direction_writes_pytorch_result_and_keeps_earlier_results(univer
     stdout = run_cli("--name", "teacher", "--checkpoint_dir", tmp_path, "--test_dir", university_root / "test",
                      "--mode", "2", "--export_mat")
     results = json.loads((run / "results.json").read_text())
-    assert sorted(results) == ["sues/150/Drone->Satellite", "university/Drone->Satellite"]
+    new_key = f"university/Drone->Satellite/last.pth/{SIZE}x{SIZE}/flip/float/cpu-fp32"
+    assert sorted(results) == ["sues/150/Drone->Satellite", "university/Drone->Satellite", new_key]
     assert results["sues/150/Drone->Satellite"] == {"ap": 1.0}
+    assert results["university/Drone->Satellite"] == {"ap": -1.0}  # an earlier record, kept beside
     mat = scipy.io.loadmat(run / "pytorch_result.mat")
     reference = evaluate_retrieval_loop(mat["query_f"], mat["query_label"][0], mat["gallery_f"],
                                         mat["gallery_label"][0])
-    assert results["university/Drone->Satellite"]["ap"] == pytest.approx(reference["ap"], abs=1e-9)
+    assert latest_record(results, "university", "Drone->Satellite")["ap"] == pytest.approx(reference["ap"], abs=1e-9)
     assert "Drone->Satellite" in stdout and "Satellite->Drone" not in stdout
     assert not list(run.glob("pytorch_result_*.mat"))
 
@@ -238,10 +244,11 @@ def test_sues_all_altitudes_prints_a_table(tmp_path):
     stdout = run_cli("--name", "sues", "--checkpoint_dir", tmp_path / "checkpoints", "--test_dir",
                      tmp_path / "sues" / "test", "--altitude", "all", "--mode", "2")
     results = json.loads((run / "results.json").read_text())
-    assert sorted(results) == [f"sues/{a}/Drone->Satellite" for a in (150, 200, 250, 300)]
+    assert sorted(results) == [f"sues/{a}/Drone->Satellite/last.pth/{SIZE}x{SIZE}/flip/float/cpu-fp32"
+                               for a in (150, 200, 250, 300)]
     table = stdout[stdout.index("SUES-200 summary"):].splitlines()
     for altitude, line in zip((150, 200, 250, 300), table[2:]):
-        entry = results[f"sues/{altitude}/Drone->Satellite"]
+        entry = latest_record(results, "sues", "Drone->Satellite", altitude)
         assert line.split() == [str(altitude), "m", f"{entry['recall@1']:.2f}", "/", f"{entry['ap']:.2f}"]
 
 
@@ -327,22 +334,37 @@ def test_cuda_requested_without_gpu(capsys, run_dir, university_root):
                                                 "is available; use device 'cpu'")
 
 
-def test_packed_model_file_gives_the_same_metrics_as_its_checkpoint(evaluated, university_root, tmp_path):
-    from models.packing import export_packed
-
+def test_packed_file_on_both_engines_gives_the_checkpoints_metrics_side_by_side(evaluated, university_root,
+                                                                                tmp_path):
     run_dir, _, results = evaluated
     model, opts, _ = load_trained_model(run_dir)
     packed = tmp_path / "tiny_packed.pt"
     export_packed(model, opts["model"], opts["model_options"], opts["num_classes"],
                   {"h": SIZE, "w": SIZE, "dataset": "university", "altitude": None}, packed)
-    stdout = run_cli("--packed", packed, "--test_dir", university_root / "test", "--mode", "both")
+    for engine in ENGINES:
+        stdout = run_cli("--packed", packed, "--engine", engine, "--test_dir", university_root / "test", "--mode",
+                         "both")
+        assert "tiny_packed.pt" in stdout
     packed_results = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(packed_results) == sorted(results)
-    for key, entry in results.items():
-        assert packed_results[key]["checkpoint"] == "tiny_packed.pt"
-        for name in METRIC_NAMES:
-            assert packed_results[key][name] == entry[name], (key, name)
-    assert "tiny_packed.pt" in stdout
+    assert sorted(packed_results) == sorted(f"university/{d}/tiny_packed.pt/{SIZE}x{SIZE}/flip/packed-{e}/cpu-fp32"
+                                            for d in DIRECTIONS for e in ENGINES)
+    for direction in DIRECTIONS:
+        reference = latest_record(results, "university", direction)
+        for engine in ENGINES:
+            entry = latest_record(packed_results, "university", direction, engine=f"packed-{engine}")
+            assert all(entry[name] == reference[name] for name in METRIC_NAMES), (direction, engine)
+
+
+def test_evaluating_at_another_size_adds_a_record_and_says_so(university_root, tmp_path):
+    run = write_run(tmp_path / "teacher", "mccg_convnext_atto")
+    run_cli("--name", "teacher", "--checkpoint_dir", tmp_path, "--test_dir", university_root / "test", "--mode", "2")
+    stdout = run_cli("--name", "teacher", "--checkpoint_dir", tmp_path, "--test_dir", university_root / "test",
+                     "--mode", "2", "--h", "32", "--w", "32")
+    assert f"note: evaluating at 32x32; the network was trained at {SIZE}x{SIZE}" in stdout
+    results = json.loads((run / "results.json").read_text())
+    assert sorted(results) == [f"university/Drone->Satellite/last.pth/{size}/flip/float/cpu-fp32"
+                               for size in ("32x32", f"{SIZE}x{SIZE}")]
+    assert latest_record(results, "university", "Drone->Satellite", h=32)["w"] == 32
 
 
 def test_name_and_packed_are_exclusive(capsys, run_dir, university_root):

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from evaluation import matfile
-from evaluation.records import load_results, record_result
+from evaluation.records import latest_record, load_results, record_result
 from test_evaluate import CLI, ROOT, assert_one_line_error, run_cli, write_run
 
 
@@ -35,7 +35,8 @@ def fresh_copy(run, tmp_path):
 
 def _record_many(path, prefix, count):
     for i in range(count):
-        record_result(path, f"{prefix}/{i}", {"i": i})
+        record_result(path, {"dataset": prefix, "direction": str(i), "checkpoint": "last.pth", "h": 1, "w": 1,
+                             "flip": True, "engine": "float", "device": "cpu", "precision": "fp32"})
 
 
 def test_concurrent_records_all_survive(tmp_path):
@@ -47,7 +48,8 @@ def test_concurrent_records_all_survive(tmp_path):
     for worker in workers:
         worker.join(60)
     assert [w.exitcode for w in workers] == [0, 0, 0]
-    assert set(load_results(path)) == {f"{p}/{i}" for p in "abc" for i in range(25)}
+    assert {(r["dataset"], r["direction"]) for r in load_results(path).values()} == \
+        {(p, str(i)) for p in "abc" for i in range(25)}
 
 
 def test_two_test_py_processes_on_one_run_keep_both_directions(run, tmp_path, university_root):
@@ -58,7 +60,8 @@ def test_two_test_py_processes_on_one_run_keep_both_directions(run, tmp_path, un
     procs = [subprocess.Popen(common + ["--mode", mode], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for mode in ("1", "2")]
     assert [p.wait(300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
-    assert set(load_results(copy / "results.json")) == {"university/Satellite->Drone", "university/Drone->Satellite"}
+    assert {latest_record(load_results(copy / "results.json"), "university", d)["direction"]
+            for d in ("Satellite->Drone", "Drone->Satellite")} == {"Satellite->Drone", "Drone->Satellite"}
 
 
 def test_results_file_that_is_a_folder(capsys, run, tmp_path, university_root):
@@ -112,7 +115,7 @@ def test_ctrl_c_keeps_finished_directions_and_prints_one_line(capsys, run, tmp_p
     assert code == 130
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]  # after the progress bars
     assert last.startswith("error: interrupted") and str(copy / "results.json") in last
-    assert list(load_results(copy / "results.json")) == ["university/Satellite->Drone"]
+    assert [r["direction"] for r in load_results(copy / "results.json").values()] == ["Satellite->Drone"]
 
 
 def test_queries_without_a_match_are_counted(run, tmp_path, university_root):
@@ -123,7 +126,7 @@ def test_queries_without_a_match_are_counted(run, tmp_path, university_root):
     out = run_cli("--name", copy.name, "--checkpoint_dir", tmp_path, "--test_dir", test_dir, "--mode", "1")
     queries = len(list((test_dir / "query_satellite").glob("*/*")))
     assert f"note: 1 of {queries} queries have no match in the gallery" in out
-    assert load_results(copy / "results.json")["university/Satellite->Drone"]["unmatched_queries"] == 1
+    assert latest_record(load_results(copy / "results.json"), "university", "Satellite->Drone")["unmatched_queries"] == 1
 
 
 def test_mat_export_keeps_the_old_file_when_writing_fails(capsys, run, tmp_path, university_root,
