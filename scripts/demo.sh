@@ -21,7 +21,9 @@ if [ ! -f "$DATA/synthetic.json" ]; then
   "$PYTHON" -m datasets.synthetic --layout university --out "$DATA"
 fi
 
-export DATA_DIR=$DATA/train TEST_DIR=$DATA/test CHECKPOINT_DIR=$DEMO_DIR/checkpoints DEVICE=cpu PYTHON
+# FROM_SCRATCH=1: no ImageNet weights exist for synthetic places; the recipe scripts refuse to
+# start from random weights unless told to.
+export DATA_DIR=$DATA/train TEST_DIR=$DATA/test CHECKPOINT_DIR=$DEMO_DIR/checkpoints DEVICE=cpu PYTHON FROM_SCRATCH=1
 export NAME=bicrossnet_demo TEACHER_NAME=teacher_demo TEACHER_MODEL=mccg_convnext_atto
 export TEACHER_FLAGS="$SHORT --optimizer adam"
 export EVAL_FLAGS="--num_workers $WORKERS"

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The whole BiCrossNet recipe for one dataset: train the ConvNeXt teacher, train the binary student
-# with bi-gradual unfreezing, Lion/Adam and distillation, then evaluate both in both directions.
-# A finished run is reused and an interrupted one resumed; nothing is overwritten.
-# Called by train_and_evaluate_*.sh, which set DATASET (university|sues) and, for SUES-200, ALTITUDE.
+# The whole BiCrossNet recipe for one dataset: train the ConvNeXt teacher (or take a trained one),
+# train the binary student with bi-gradual unfreezing, Lion/Adam and distillation, then evaluate
+# both in both directions. A finished run is reused and an interrupted one resumed; nothing is
+# overwritten. Called by train_and_evaluate_*.sh, which set DATASET (university|sues) and, for
+# SUES-200, ALTITUDE.
 #
-# Environment (defaults in brackets):
+# Starting weights (the paper's path; README "Reproducing the paper"):
+#   BNEXT_WEIGHTS       the BNext authors' ImageNet checkpoint for the student's size (bnext_tiny.pth.tar …)
+#   TEACHER_CHECKPOINT  an already trained teacher: a run directory of this project, or an MCCG /
+#                       released BiCrossNet teacher file (e.g. university_tiny.pth); skips teacher training
+#   TEACHER_WEIGHTS     ConvNeXt ImageNet weights to train a teacher from (timm or original .pth)
+#   FROM_SCRATCH=1      train from random weights instead (the synthetic demo does; far from the paper)
+# Environment [defaults]:
 #   DATA_DIR        training folder      [data/University-1652/train | data/SUES-200/train]
 #   TEST_DIR        test folder          [data/University-1652/test  | data/SUES-200/test]
 #   CHECKPOINT_DIR  runs go here         [checkpoints]
@@ -12,6 +19,7 @@
 #   TEACHER_NAME    teacher run name     [teacher_<dataset>]
 #   STUDENT_MODEL   [bicrossnet_bnext_tiny]     TEACHER_MODEL  [mccg_convnext_tiny]
 #   DEVICE          auto|cpu|cuda        [auto]  (AMP is used on CUDA)
+#   LAUNCHER        how train.py is started, e.g. "torchrun --nproc_per_node=4" [the Python below]
 #   TEACHER_FLAGS   extra train.py flags for the teacher, e.g. "--epochs 5"
 #   EVAL_FLAGS      extra test.py flags, e.g. "--batchsize 128"
 # Arguments: extra train.py flags for the student (they override the recipe below).
@@ -36,32 +44,60 @@ TEACHER_MODEL=${TEACHER_MODEL:-mccg_convnext_tiny}
 DEVICE=${DEVICE:-auto}
 read -r -a TEACHER_EXTRA <<< "${TEACHER_FLAGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_FLAGS:-}"
+read -r -a LAUNCH <<< "${LAUNCHER:-$PYTHON}"
 
+fail() { echo "error: $*" >&2; exit 2; }
 for dir in "$DATA_DIR" "$TEST_DIR"; do
-  if [ ! -d "$dir" ]; then
-    echo "error: dataset folder '$dir' does not exist; set DATA_DIR and TEST_DIR (see README: Using the real data)" >&2
-    exit 2
-  fi
+  [ -d "$dir" ] || fail "dataset folder '$dir' does not exist; set DATA_DIR and TEST_DIR (see README: Data)"
 done
+
+# Weights are never silently random: check them all before anything trains.
+TEACHER_RUN=$CHECKPOINT_DIR/$TEACHER_NAME
+TEACHER_DONE=$( [ -f "$TEACHER_RUN/last.pth" ] && echo 1 || echo 0 )
+STUDENT_WEIGHTS=() TEACHER_INIT=()
+if [ "${FROM_SCRATCH:-0}" != 1 ]; then
+  size=${STUDENT_MODEL#bicrossnet_bnext_}
+  [ -n "${BNEXT_WEIGHTS:-}" ] || fail "BNEXT_WEIGHTS is not set: point it at bnext_${size}.pth.tar, the BNext" \
+    "authors' ImageNet checkpoint (github.com/hpi-xnor/BNext, README: pretrained models), or set FROM_SCRATCH=1"
+  [ -f "$BNEXT_WEIGHTS" ] || fail "BNEXT_WEIGHTS=$BNEXT_WEIGHTS does not exist (expected bnext_${size}.pth.tar)"
+  STUDENT_WEIGHTS=(--backbone_weights "$BNEXT_WEIGHTS")
+  if [ -z "${TEACHER_CHECKPOINT:-}" ] && [ "$TEACHER_DONE" = 0 ]; then
+    [ -n "${TEACHER_WEIGHTS:-}" ] || fail "neither TEACHER_CHECKPOINT (a trained teacher: run directory or the" \
+      "authors' released teacher file) nor TEACHER_WEIGHTS (convnext_tiny_22k_1k_224.pth from" \
+      "github.com/facebookresearch/ConvNeXt, or a timm ConvNeXt checkpoint) is set; or set FROM_SCRATCH=1"
+    [ -f "$TEACHER_WEIGHTS" ] || fail "TEACHER_WEIGHTS=$TEACHER_WEIGHTS does not exist"
+    TEACHER_INIT=(--backbone_weights "$TEACHER_WEIGHTS")
+  fi
+fi
+if [ -n "${TEACHER_CHECKPOINT:-}" ]; then
+  [ -e "$TEACHER_CHECKPOINT" ] || fail "TEACHER_CHECKPOINT=$TEACHER_CHECKPOINT does not exist"
+  TEACHER_RUN=$TEACHER_CHECKPOINT
+fi
 
 COMMON=(--checkpoint_dir "$CHECKPOINT_DIR" --data_dir "$DATA_DIR" --device "$DEVICE" --amp "${DATASET_FLAGS[@]}")
 
 # An existing run is continued (and left alone once finished), never overwritten.
 resume_flag() { [ -f "$CHECKPOINT_DIR/$1/last.pth" ] && echo --resume || true; }
 
-echo "== teacher $TEACHER_MODEL -> $CHECKPOINT_DIR/$TEACHER_NAME"
-"$PYTHON" train.py --name "$TEACHER_NAME" --model "$TEACHER_MODEL" "${COMMON[@]}" $(resume_flag "$TEACHER_NAME") \
-  --optimizer sgd --lr 0.01 --epochs 200 --steps 80 120 --bigradual_n1 0 --bigradual_n2 0 \
-  "${TEACHER_EXTRA[@]}"
+if [ -z "${TEACHER_CHECKPOINT:-}" ]; then
+  echo "== teacher $TEACHER_MODEL -> $TEACHER_RUN"
+  "${LAUNCH[@]}" train.py --name "$TEACHER_NAME" --model "$TEACHER_MODEL" "${COMMON[@]}" \
+    $(resume_flag "$TEACHER_NAME") --optimizer sgd --lr 0.01 --epochs 200 --steps 80 120 --bigradual_n1 0 \
+    --bigradual_n2 0 "${TEACHER_INIT[@]}" "${TEACHER_EXTRA[@]}"
+else
+  echo "== teacher: $TEACHER_RUN (given by TEACHER_CHECKPOINT)"
+fi
 
 echo "== student $STUDENT_MODEL -> $CHECKPOINT_DIR/$NAME"
-"$PYTHON" train.py --name "$NAME" --model "$STUDENT_MODEL" "${COMMON[@]}" $(resume_flag "$NAME") \
+"${LAUNCH[@]}" train.py --name "$NAME" --model "$STUDENT_MODEL" "${COMMON[@]}" $(resume_flag "$NAME") \
   --optimizer adamlion --lr 0.006 --epochs 300 --steps 80 120 200 --bigradual_n1 20 --bigradual_n2 20 \
-  --teacher_path "$CHECKPOINT_DIR/$TEACHER_NAME" --kd_weight 2 "$@"
+  --teacher_path "$TEACHER_RUN" --kd_weight 2 "${STUDENT_WEIGHTS[@]}" "$@"
 
 EVAL_ALTITUDE=()
 [ "$DATASET" = sues ] && EVAL_ALTITUDE=(--altitude "$ALTITUDE")
-for run in "$TEACHER_NAME" "$NAME"; do
+EVAL_RUNS=("$NAME")
+[ -z "${TEACHER_CHECKPOINT:-}" ] && EVAL_RUNS=("$TEACHER_NAME" "$NAME")
+for run in "${EVAL_RUNS[@]}"; do
   echo "== evaluating $run"
   "$PYTHON" test.py --name "$run" --checkpoint_dir "$CHECKPOINT_DIR" --test_dir "$TEST_DIR" --mode both \
     --device "$DEVICE" "${EVAL_ALTITUDE[@]}" "${EVAL_EXTRA[@]}"

@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import train
+from test_train import base_args
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train_and_evaluate_university.sh"
 TINY = "--h 32 --w 32 --epochs 1 --batchsize 3 --num_workers 0"
@@ -13,7 +18,8 @@ TINY = "--h 32 --w 32 --epochs 1 --batchsize 3 --num_workers 0"
 
 def run_script(env_overrides, *student_flags):
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "TEACHER_MODEL": "mccg_convnext_atto",
-           "TEACHER_FLAGS": TINY, "EVAL_FLAGS": "--num_workers 0 --batchsize 16", **env_overrides}
+           "TEACHER_FLAGS": TINY, "EVAL_FLAGS": "--num_workers 0 --batchsize 16", "FROM_SCRATCH": "1",
+           **env_overrides}
     return subprocess.run(["bash", str(SCRIPT), *student_flags], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=900)
 
@@ -41,6 +47,46 @@ def test_script_trains_teacher_and_student_then_evaluates_both(university_root, 
     again = run_script(env, *TINY.split(), "--bigradual_n1", "0", "--bigradual_n2", "0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.read_bytes() for p in tmp_path.glob("*/last.pth")} == before
+
+
+def data_env(university_root, tmp_path, **extra):
+    return {"DATA_DIR": str(university_root / "train"), "TEST_DIR": str(university_root / "test"),
+            "CHECKPOINT_DIR": str(tmp_path / "runs"), **extra}
+
+
+@pytest.mark.parametrize("extra, variable", [
+    ({}, "BNEXT_WEIGHTS is not set"),
+    ({"BNEXT_WEIGHTS": "/no/bnext_tiny.pth.tar"}, "BNEXT_WEIGHTS=/no/bnext_tiny.pth.tar does not exist"),
+    ({"BNEXT_WEIGHTS": "BNEXT"}, "neither TEACHER_CHECKPOINT"),
+    ({"BNEXT_WEIGHTS": "BNEXT", "TEACHER_CHECKPOINT": "/no/teacher.pth"}, "TEACHER_CHECKPOINT=/no/teacher.pth"),
+])
+def test_script_refuses_to_start_from_random_weights_unless_told(university_root, tmp_path, extra, variable):
+    bnext = tmp_path / "bnext_tiny.pth.tar"
+    bnext.write_bytes(b"weights")
+    extra = {k: str(bnext) if v == "BNEXT" else v for k, v in extra.items()}
+    result = run_script({**data_env(university_root, tmp_path), "FROM_SCRATCH": "0", **extra})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and variable in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_script_takes_a_trained_teacher_and_a_launcher(university_root, tmp_path):
+    """TEACHER_CHECKPOINT skips teacher training; LAUNCHER runs the student as 2 DDP processes (gloo)."""
+    teacher = base_args(university_root, tmp_path / "own", "teacher", "--model", "mccg_convnext_atto",
+                        "--optimizer", "adam", "--epochs", "1", "--bigradual_n1", "0", "--bigradual_n2", "0")
+    assert train.main(teacher) == 0
+    launcher = f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --master_port=29547"
+    env = data_env(university_root, tmp_path, TEACHER_CHECKPOINT=str(tmp_path / "own" / "teacher"),
+                   LAUNCHER=launcher, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = run_script(env, "--h", "32", "--w", "32", "--epochs", "1", "--batchsize", "2", "--num_workers", "0",
+                        "--bigradual_n1", "0", "--bigradual_n2", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "given by TEACHER_CHECKPOINT" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == \
+        ["bicrossnet_university"]
+    log = (tmp_path / "runs" / "bicrossnet_university" / "train.log").read_text()
+    assert log.count("done:") == 1 and "teacher mccg_convnext_atto" in log
 
 
 def test_script_stops_before_training_when_the_dataset_is_missing(tmp_path):
