@@ -1,7 +1,6 @@
 """Loading a file never runs code from it: a checkpoint holding a pickled call is refused with one
 line wherever a checkpoint is read, before anything in it executes; legitimate checkpoints of this
 and of earlier versions (after `python -m engine.upgrade`) load, and resume stays exact."""
-import importlib.util
 import io
 import contextlib
 from pathlib import Path
@@ -15,19 +14,12 @@ from engine import upgrade
 from engine.state import rng_state
 from models import convert
 
+from test_evaluate import load_cli
 from test_train import base_args, losses, state
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_test_cli():
-    spec = importlib.util.spec_from_file_location("bicrossnet_test_cli_safe", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TEST_CLI = load_test_cli()
+TEST_CLI = load_cli()
 
 
 class Payload:
