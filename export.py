@@ -20,7 +20,7 @@ EXTRA_META = ("h", "w", "dataset", "altitude")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--name", required=True, help="run name: the run directory is <checkpoint_dir>/<name>")
     parser.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
     parser.add_argument("--which_epoch", default="last", help="'last' (last.pth) or an epoch number N (net_N.pth)")

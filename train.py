@@ -7,18 +7,24 @@ rest), cross-entropy + cross-view triplet loss, and logit distillation from a fr
 
     python train.py --name bicrossnet_t --data_dir data/University-1652/train \
         --teacher_path checkpoints/teacher
-    python train.py --name teacher --model mccg_convnext_tiny --optimizer sgd --lr 0.01 \
-        --bigradual_n1 0 --bigradual_n2 0 --steps 80 120 --epochs 200
+    python train.py --name teacher --model mccg_convnext_tiny    # the teacher recipe's defaults (see below)
     torchrun --nproc_per_node=4 train.py ...      # DistributedDataParallel, one process per GPU
+
+A teacher model (mccg_convnext_*) trains with the teacher recipe's defaults wherever the command line
+leaves a flag out: --optimizer sgd --lr 0.01 --epochs 200 --steps 80 120 --bigradual_n1 0
+--bigradual_n2 0. The defaults listed below are the student recipe's. opts.yaml records the recipe
+and the flags given explicitly.
 """
 import argparse
 import os
 import signal
 from pathlib import Path
+from typing import Dict, Tuple
 
 from datasets import BAD_IMAGE_MODES, DATASETS, SUES_ALTITUDES
 from engine.distributed import barrier, init_distributed, shutdown
-from engine.options import RESUME_OVERRIDES, given_flags, merge_saved_opts, run_options, validate
+from engine.options import (PROGRESS_CHOICES, RECIPE_DEFAULTS, RESUME_OVERRIDES, apply_recipe_defaults, given_flags,
+                            merge_saved_opts, recipe_of, run_options, validate)
 from engine.run_dir import RunClaim, save_opts
 from engine.stop_signals import stop_on_signals
 from engine.trainer import Trainer
@@ -34,7 +40,18 @@ from utils.files import remove_temporaries
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default in its help, and the module docstring's examples as written."""
+    """Every flag's default in its help (with the teacher recipe's, where it differs), and the
+    module docstring's examples as written."""
+
+    def _get_help_string(self, action):
+        teacher = RECIPE_DEFAULTS["teacher"]
+        if action.dest not in teacher:
+            return super()._get_help_string(action)
+        return f"{action.help} (default: %(default)s; teachers, mccg_convnext_*: {_value_text(teacher[action.dest])})"
+
+
+def _value_text(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,6 +83,11 @@ def _add_run_flags(run) -> None:
                      help="keep only the K newest net_<epoch>.pth files (0: keep all)")
     run.add_argument("--max_bad_steps", type=int, default=10,
                      help="stop with an error after this many consecutive steps with a non-finite loss")
+    run.add_argument("--progress", default="auto", choices=PROGRESS_CHOICES,
+                     help="per-step progress bars on stderr; auto: only when stderr is a terminal (the log has "
+                          "one line per epoch either way)")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write the per-epoch metrics as TensorBoard scalars to <run>/tensorboard/")
 
 
 def _add_data_flags(data) -> None:
@@ -120,8 +142,10 @@ def _add_optimization_flags(recipe) -> None:
     recipe.add_argument("--steps", type=int, nargs="+", default=[80, 120, 200], help="MultiStepLR milestones (epochs)")
     recipe.add_argument("--gamma", type=float, default=0.1, help="MultiStepLR decay factor")
     recipe.add_argument("--bigradual_n1", type=int, default=20,
-                        help="epoch from which full-precision backbone parameters train (before: head only)")
-    recipe.add_argument("--bigradual_n2", type=int, default=20, help="epoch from which binary weights train too")
+                        help="epochs that train the head only, before the full-precision backbone parameters "
+                             "train too (epoch N+1 is the first with them)")
+    recipe.add_argument("--bigradual_n2", type=int, default=20,
+                        help="epochs before the binary weights train too (>= --bigradual_n1)")
     recipe.add_argument("--triplet_loss", type=float, default=0.3, help="triplet margin (0 disables the triplet loss)")
 
 
@@ -136,30 +160,44 @@ def _add_distillation_flags(kd) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags of ``argv``, checked; on --resume, merged with the run's saved ones."""
+    return parse_command(argv)[0]
+
+
+def parse_command(argv=None) -> Tuple[argparse.Namespace, set, Dict[str, object]]:
+    """``(args, given, recipe_values)``: the checked flags, the names of those given on the command
+    line, and the recipe defaults put in for the others. A new run takes its model's recipe
+    defaults; --resume takes the run's saved flags."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    given = given_flags(parser, args, argv)
+    applied = {}
     if args.resume:
-        args = merge_saved_opts(args, given_flags(parser, args, argv))
+        args = merge_saved_opts(args, given)
+    else:
+        applied = apply_recipe_defaults(args, given)
     validate(args)
-    return args
+    return args, given, applied
 
 
 @exit_on_user_error
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, given, applied = parse_command(argv)
     ctx = init_distributed(resolve_device(args.device).type)
     claim = RunClaim(args.checkpoint_dir, args.name, args.resume, args.overwrite) if ctx.is_main else None
     try:
         if claim is not None:
             claim.lock()
         logger = setup_logger(ctx.is_main)
+        if applied:
+            logger.info("%s recipe defaults for %s: %s (flags given on the command line keep their values)",
+                        recipe_of(args.model), args.model, " ".join(_flag_text(k, v) for k, v in applied.items()))
         # Everything that can refuse the run (data, model, teacher, input size, the checkpoint to
         # resume) is checked before the run folder is touched.
         trainer = Trainer(args, ctx, Path(args.checkpoint_dir) / args.name, logger)
         if args.resume:
             trainer.restore()
         if claim is not None:
-            start_run_files(claim, trainer, args, logger)
+            start_run_files(claim, trainer, args, given, logger)
         barrier(ctx)
         with stop_on_signals(trainer):
             trainer.fit()
@@ -177,14 +215,18 @@ def main(argv=None) -> int:
         shutdown(ctx)
 
 
-def start_run_files(claim: RunClaim, trainer: Trainer, args, logger) -> None:
+def _flag_text(flag: str, value) -> str:
+    return f"--{flag} {_value_text(value)}"
+
+
+def start_run_files(claim: RunClaim, trainer: Trainer, args, given: set, logger) -> None:
     """Create (or reopen) the run folder and its log; a new run records its options."""
     run_dir = claim.create()
     attach_log_file(run_dir)
     for path in remove_temporaries(run_dir):
         logger.warning("removed %s, left by a write that was killed before it completed", path)
     if not args.resume:
-        save_opts(run_dir, run_options(args, trainer.num_classes))
+        save_opts(run_dir, run_options(args, trainer.num_classes, given))
     trainer.after_checkpoint = claim.commit
 
 

@@ -1,25 +1,48 @@
-"""Eval-mode feature extraction speed of the binary student and the full-precision teacher.
+"""Eval-mode feature extraction speed of the binary student, float and bit-packed, against the teacher.
 
-PyTorch has no 1-bit convolution kernel: a binary convolution runs as a float convolution with
-+-1 weights (recomputed from the latent weights at every call), so the student's 64x fewer
-operations (see ``benchmarks.complexity_table``) do not show up here. The figures measure what a
-user of this code gets, not what a bit-packed inference engine would.
+On the CPU one run times, at every batch size and thread count asked (models taking turns in each
+round, so load from other processes hits all alike):
 
-On CUDA (``--device auto`` picks it when present) each model is also timed under float16
-autocast, and every pass ends with a device synchronisation so the times are real.
+* ``student float``: the training network; its binary convolutions run as float convolutions with
+  +-1 weights, as in ``test.py``;
+* ``student bitpacked``: the same weights on :mod:`models.bitpacked` (XNOR/popcount kernels);
+* the teacher in each ``--teacher_modes`` configuration: ``eager`` (NCHW, oneDNN convolutions),
+  ``channels_last``, ``compile`` (``torch.compile``, inductor, C++/OpenMP code built
+  locally). The fastest one is the reference of the ratios.
 
-Run from the repository root: ``python -m benchmarks.feature_throughput [--batch 4] [--device cpu]``.
+Then, per batch size at the largest thread count: where the bit-packed student's wall time goes
+(its kernels timed call by call), with its binary convolutions' MAC rate against the popcount
+kernel's peak measured on this machine; and each model's memory, in a fresh process per model:
+weights and buffers, and the resident set's rise over a first forward (its peak reset after
+loading). ``--json FILE`` writes every figure.
+
+Weights are random: speed does not depend on them. On CUDA (``--device auto`` picks it when
+present) only the float networks run, each also under float16 autocast.
+
+Run from the repository root, e.g. ``python -m benchmarks.feature_throughput --batch 1 16 --threads 1 2``.
 """
 import argparse
+import copy
+import gc
+import json
+import re
 import statistics
+import subprocess
+import sys
 import time
+from typing import Dict, List
 
 import torch
+import torch.nn as nn
 
-from models import build_model
+from models import bitpacked, build_model
+from models.bitpacked.network import PackedBinaryConv
 from utils.device import DEVICE_CHOICES, configure_precision, device_label, resolve_device
 
 NUM_CLASSES = 701  # University-1652; only the unused classifier depends on it
+TEACHER_MODES = ("eager", "channels_last", "compile")
+# Targets of the bit-packed engine (batch 16 and batch 1, largest thread count).
+TARGET_VS_TEACHER, TARGET_VS_FLOAT, TARGET_PEAK_FRACTION = 3.0, 5.0, 1 / 3
 
 
 def parse_args(argv=None):
@@ -27,11 +50,17 @@ def parse_args(argv=None):
     parser.add_argument("--student", default="bicrossnet_bnext_tiny", help="student model name")
     parser.add_argument("--teacher", default="mccg_convnext_tiny", help="teacher model name")
     parser.add_argument("--size", type=int, default=256, help="input height and width")
-    parser.add_argument("--batch", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes first")
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (best and median reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per model (best and median reported)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="CPU thread counts (default: 1 and torch's default)")
+    parser.add_argument("--teacher_modes", nargs="+", default=list(TEACHER_MODES), choices=TEACHER_MODES,
+                        help="CPU configurations of the teacher to time")
+    parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
+    parser.add_argument("--probe_memory", help=argparse.SUPPRESS)  # internal: one model's peak RSS, as JSON
     return parser.parse_args(argv)
 
 
@@ -40,50 +69,298 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class ChannelsLast(nn.Module):
+    """A copy of the model with channels-last weights, fed channels-last images."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """Inductor (C++/OpenMP code built locally) whose OpenMP regions follow the thread count. Weight
+    freezing is left off: it made ConvNeXt-T 2x slower on this CPU."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.dynamic_threads = True
+    return torch.compile(copy.deepcopy(model), dynamic=False)
+
+
+def cpu_models(args, names=None) -> Dict[str, nn.Module]:
+    """The timed callables by name (``names`` picks some of them, without building the others)."""
+    wanted = lambda name: names is None or name in names  # noqa: E731
+    models = {}
+    if wanted("student float") or wanted("student bitpacked"):
+        student = build_model(args.student, NUM_CLASSES).eval()
+        if wanted("student float"):
+            models["student float"] = student
+        if wanted("student bitpacked") and bitpacked.available():
+            models["student bitpacked"] = bitpacked.convert(student)
+    modes = [m for m in args.teacher_modes if wanted(f"teacher {m}")]
+    if modes:
+        teacher = build_model(args.teacher, NUM_CLASSES).eval()
+        variants = {"eager": lambda m: m, "channels_last": ChannelsLast, "compile": compiled}
+        models.update({f"teacher {mode}": variants[mode](teacher) for mode in modes})
+    return models
+
+
 @torch.inference_mode()
-def time_interleaved(models: dict, x: torch.Tensor, warmup: int, repeats: int) -> dict:
-    """Wall times of eval forward passes per ``(model, amp)`` entry, the entries taking turns in
-    every round so that load from other processes on a shared machine hits all alike."""
-    times = {key: [] for key in models}
+def time_interleaved(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int,
+                     amps=(False,)) -> Dict[tuple, List[float]]:
+    """Wall times of eval forward passes per ``(model, amp)``, the entries taking turns in every round."""
+    times = {(name, amp): [] for name in models for amp in amps}
     for round_index in range(warmup + repeats):
-        for (name, amp), model in models.items():
+        for (name, amp), samples in times.items():
             synchronize(x.device)
             start = time.perf_counter()
             with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
-                model(x)
+                models[name](x)
             synchronize(x.device)
             if round_index >= warmup:
-                times[name, amp].append(time.perf_counter() - start)
+                samples.append(time.perf_counter() - start)
     return times
+
+
+def rows_of(times, batch: int, threads, precision: str) -> List[dict]:
+    return [{"model": name, "precision": "amp-fp16" if amp else precision, "batch": batch, "threads": threads,
+             "best_s": min(s), "median_s": statistics.median(s), "images_per_s": batch / min(s),
+             "images_per_s_median": batch / statistics.median(s)} for (name, amp), s in times.items()]
+
+
+def print_rows(rows: List[dict]) -> None:
+    print("| model | precision | threads | batch | best s / batch | median s / batch | images / s (best) | "
+          "images / s (median) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['precision']} | {r['threads'] or '-'} | {r['batch']} | {r['best_s']:.4f} | "
+              f"{r['median_s']:.4f} | {r['images_per_s']:.2f} | {r['images_per_s_median']:.2f} |")
+
+
+def vm_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+
+def weight_mib(model: nn.Module) -> float:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2 ** 20
+
+
+@torch.inference_mode()
+def probe_memory(args) -> None:
+    """Child process: the rise of the resident set over a first forward of one model, after loading it."""
+    torch.set_num_threads(max(args.threads))
+    model = cpu_models(args, names={args.probe_memory})[args.probe_memory]
+    x = torch.randn(args.batch[0], 3, args.size, args.size)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets VmHWM to the current resident set
+    before = vm_kib("VmRSS")
+    model(x)
+    print(json.dumps({"weights_mib": weight_mib(model), "forward_peak_mib": (vm_kib("VmHWM") - before) / 1024}))
+
+
+def measure_memory(args, names: List[str], batch: int) -> List[dict]:
+    """Peak RSS of each model's forward at ``batch``, each model in a fresh process."""
+    rows = []
+    for name in names:
+        command = [sys.executable, "-m", "benchmarks.feature_throughput", "--probe_memory", name, "--batch", str(batch),
+                   "--size", str(args.size), "--threads", str(max(args.threads)), "--student", args.student,
+                   "--teacher", args.teacher, "--teacher_modes", *args.teacher_modes]
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            print(f"note: memory of {name} not measured ({(done.stderr.strip().splitlines() or ['?'])[-1]})")
+            continue
+        rows.append({"model": name, "batch": batch, **json.loads(lines[-1])})
+    return rows
+
+
+def binary_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Binary MACs of one forward of the bit-packed model on ``x``."""
+    total = []
+
+    def count(module, args, out):
+        total.append(out.numel() * module.channels * module.kernel ** 2)
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, PackedBinaryConv)]
+    with torch.inference_mode():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return sum(total)
+
+
+class TimedOps:
+    """Stands in for the engine's ops namespace and adds up the wall time of its conv and pack calls."""
+
+    def __init__(self, ops):
+        self.ops = ops
+        self.seconds = {"conv": 0.0, "pack": 0.0}
+
+    def __getattr__(self, name):
+        op = getattr(self.ops, name)
+        if name not in self.seconds:
+            return op
+
+        def timed(*args):
+            start = time.perf_counter()
+            out = op(*args)
+            self.seconds[name] += time.perf_counter() - start
+            return out
+
+        return timed
+
+
+def timed_passes(model: nn.Module, x: torch.Tensor, repeats: int) -> Dict[str, float]:
+    """Wall seconds per pass of the backbone, its conv and pack calls, its stem conv, and the head."""
+    units = [m for m in model.modules() if hasattr(m, "ops")]
+    timer = TimedOps(units[0].ops)
+    stem, marks = model.backbone.stem.conv1, []
+    hooks = [stem.register_forward_pre_hook(lambda *_: marks.append(-time.perf_counter())),
+             stem.register_forward_hook(lambda *_: marks.append(time.perf_counter()))]
+    backbone = head = 0.0
+    try:
+        for unit in units:
+            unit.ops = timer
+        for _ in range(repeats):
+            start = time.perf_counter()
+            feature_map = model.backbone.forward_features(x)
+            middle = time.perf_counter()
+            model.head(feature_map)
+            backbone, head = backbone + middle - start, head + time.perf_counter() - middle
+    finally:
+        for unit in units:
+            unit.ops = timer.ops
+        for hook in hooks:
+            hook.remove()
+    per_pass = {"backbone": backbone, "head": head, "stem": sum(marks), **timer.seconds}
+    return {k: v / repeats for k, v in per_pass.items()}
+
+
+@torch.inference_mode()
+def profile_bitpacked(model: nn.Module, batch: int, size: int, repeats: int, peak: float) -> dict:
+    """Where the bit-packed student's wall time goes at ``batch``, and its binary convs' MAC rate."""
+    x = torch.randn(batch, 3, size, size)
+    model(x)
+    t = timed_passes(model, x, repeats)
+    parts = {"binary convs (XNOR/popcount, BN1+PReLU output transform)": t["conv"],
+             "packing (LearnableBias + sign + bits)": t["pack"], "stem conv (full precision)": t["stem"],
+             "stem BN, SE gates, mixing, BN2, residuals, pooling (full precision)": t["backbone"] - t["conv"] - t["pack"] - t["stem"],
+             "MCCG head": t["head"]}
+    rate = binary_macs(model, x) / t["conv"]
+    return {"batch": batch, "ms_per_batch": {k: 1000 * v for k, v in parts.items()}, "binary_mac_per_s": rate,
+            "peak_binary_mac_per_s": peak, "fraction_of_peak": rate / peak}
+
+
+def print_profile(profile: dict, threads: int) -> None:
+    total = sum(profile["ms_per_batch"].values())
+    print(f"\nbitpacked student, batch {profile['batch']}, {threads} threads (wall time per part):\n")
+    print("| part | ms / batch | share |")
+    print("|---|---:|---:|")
+    for part, ms in profile["ms_per_batch"].items():
+        print(f"| {part} | {ms:.2f} | {100 * ms / total:.1f}% |")
+    print(f"\nbinary convs: {profile['binary_mac_per_s'] / 1e9:.0f} G binary MAC/s, "
+          f"{100 * profile['fraction_of_peak']:.0f}% of the popcount kernel's peak "
+          f"({profile['peak_binary_mac_per_s'] / 1e9:.0f} G/s, {bitpacked.active_isa()}, {threads} threads)")
+
+
+def ratios(rows: List[dict], threads: int, batches: List[int]) -> List[dict]:
+    """Bit-packed student against the fastest teacher configuration and against its float path."""
+    out = []
+    for batch in batches:
+        speed = {r["model"]: r["images_per_s"] for r in rows if r["batch"] == batch and r["threads"] == threads}
+        if "student bitpacked" not in speed:
+            continue
+        teachers = {k: v for k, v in speed.items() if k.startswith("teacher")}
+        best_teacher = max(teachers, key=teachers.get) if teachers else None
+        fast, slow = speed["student bitpacked"], speed.get("student float")
+        out.append({"batch": batch, "threads": threads, "teacher_reference": best_teacher,
+                    "vs_teacher": fast / teachers[best_teacher] if teachers else None,
+                    "vs_float": fast / slow if slow else None})
+    return out
+
+
+def print_ratios(results: List[dict], profiles: List[dict], profile_threads: int) -> None:
+    print("\n| batch | threads | bitpacked / best teacher | target | bitpacked / float student | target | "
+          "binary convs / peak | target |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fractions = {p["batch"]: p["fraction_of_peak"] for p in profiles}
+    show = lambda value, suffix="": "-" if value is None else f"{value:.2f}{suffix}"  # noqa: E731
+    for r in results:
+        print(f"| {r['batch']} | {r['threads']} | {show(r['vs_teacher'], 'x')} ({r['teacher_reference']}) | "
+              f">= {TARGET_VS_TEACHER:g}x | {show(r['vs_float'], 'x')} | >= {TARGET_VS_FLOAT:g}x | "
+              f"{show(fractions.get(r['batch']) if r['threads'] == profile_threads else None)} | "
+              f">= {TARGET_PEAK_FRACTION:.2f} |")
+
+
+def run_cpu(args) -> dict:
+    threads_list = args.threads
+    torch.manual_seed(0)
+    models = cpu_models(args)
+    rows = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for batch in args.batch:
+            x = torch.randn(batch, 3, args.size, args.size)
+            rows += rows_of(time_interleaved(models, x, args.warmup, args.repeats), batch, threads, "fp32")
+    print(f"cpu, {args.size}x{args.size}, {args.repeats} timed passes each after {args.warmup} warm-up, "
+          f"models alternating; bitpacked path: {bitpacked.active_isa() if bitpacked.available() else 'unavailable'}\n")
+    print_rows(rows)
+    threads = max(threads_list)
+    torch.set_num_threads(threads)
+    results = {"device": "cpu", "size": args.size, "rows": rows, "memory": [], "profiles": []}
+    if "student bitpacked" in models:
+        results["peak_binary_mac_per_s"] = {}
+        for t in threads_list:
+            torch.set_num_threads(t)
+            results["peak_binary_mac_per_s"][t] = bitpacked.peak_binary_macs()
+        torch.set_num_threads(threads)
+        peak = results["peak_binary_mac_per_s"][threads]
+        results["profiles"] = [profile_bitpacked(models["student bitpacked"], b, args.size, args.repeats, peak)
+                               for b in args.batch]
+        for profile in results["profiles"]:
+            print_profile(profile, threads)
+        results["ratios"] = [r for t in threads_list for r in ratios(rows, t, args.batch)]
+        print_ratios(results["ratios"], results["profiles"], threads)
+    if not args.no_memory:
+        names = [n for n in models if n != "teacher compile"]  # compiling again per process costs minutes
+        results["memory"] = [m for b in args.batch for m in measure_memory(args, names, b)]
+        print(f"\nmemory ({threads} threads; a fresh process per model: resident-set rise over its first forward)\n")
+        print("| model | batch | weights and buffers (MiB) | forward peak above the loaded model (MiB) |")
+        print("|---|---:|---:|---:|")
+        for m in results["memory"]:
+            print(f"| {m['model']} | {m['batch']} | {m['weights_mib']:.1f} | {m['forward_peak_mib']:.0f} |")
+    return results
+
+
+def run_cuda(args, device: torch.device) -> dict:
+    precision = configure_precision(device)
+    torch.manual_seed(0)
+    models = {name: build_model(name, NUM_CLASSES).eval().to(device) for name in (args.student, args.teacher)}
+    rows = []
+    for batch in args.batch:
+        x = torch.randn(batch, 3, args.size, args.size, device=device)
+        rows += rows_of(time_interleaved(models, x, args.warmup, args.repeats, (False, True)), batch, None, precision)
+    print(f"{device_label(device)}, {args.size}x{args.size}, {args.repeats} timed passes each after {args.warmup} "
+          f"warm-up, models alternating\n")
+    print_rows(rows)
+    return {"device": device_label(device), "size": args.size, "rows": rows}
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = args.threads or sorted({1, torch.get_num_threads()})
+    if args.probe_memory:
+        probe_memory(args)
+        return
     device = resolve_device(args.device)
-    precision = configure_precision(device)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    networks = {name: build_model(name, NUM_CLASSES).eval().to(device) for name in (args.student, args.teacher)}
-    amps = (False, True) if device.type == "cuda" else (False,)
-    models = {(name, amp): net for name, net in networks.items() for amp in amps}
-    times = time_interleaved(models, x, args.warmup, args.repeats)
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"{device_label(device)}{threads}, batch {args.batch} at {args.size}x{args.size}, "
-          f"{args.repeats} timed passes each after {args.warmup} warm-up, models alternating\n")
-    print("| model | precision | best s / batch | median s / batch | images / s (best) | images / s (median) |")
-    print("|---|---|---:|---:|---:|---:|")
-    best, median = {}, {}
-    for (name, amp), samples in times.items():
-        key = name, amp
-        best[key], median[key] = min(samples), statistics.median(samples)
-        print(f"| {name} | {'amp-fp16' if amp else precision} | {best[key]:.3f} | {median[key]:.3f} | "
-              f"{args.batch / best[key]:.2f} | {args.batch / median[key]:.2f} |")
-    for amp in amps:
-        student, teacher = (args.student, amp), (args.teacher, amp)
-        print(f"\nstudent / teacher throughput ({'amp-fp16' if amp else precision}): "
-              f"{best[teacher] / best[student]:.2f}x (best), {median[teacher] / median[student]:.2f}x (median)")
+    results = run_cuda(args, device) if device.type == "cuda" else run_cpu(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

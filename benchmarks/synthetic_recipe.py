@@ -1,27 +1,59 @@
-"""The BiCrossNet recipe against its ablations on synthetic University-1652-layout data.
+"""The BiCrossNet recipe against its ablations on synthetic University-1652-layout data, over seeds.
 
-Trains one teacher and four students through the real ``train.py`` / ``test.py`` entry points on
-the same data and seeds, evaluates each in both directions and prints a Markdown table:
+Every variant trains through the real ``train.py`` and is evaluated by ``test.py`` in both
+directions, once per seed (``--seed`` of train.py: initialization, sampling, augmentation), on one
+generated dataset:
 
-- ``full``: distillation + bi-gradual unfreezing + Lion (binary weights) / Adam (the rest);
+- ``teacher``: the ConvNeXt teacher alone (Adam, from scratch, the short-run settings);
+- ``full``: the student recipe: distillation from that seed's teacher + bi-gradual unfreezing +
+  Lion (binary weights) / Adam (the rest);
 - ``no_kd``: the same without distillation;
 - ``no_bigradual``: everything trains from the first epoch (n1 = n2 = 0);
 - ``single_optimizer``: one Adam optimizer for all parameters, binary latent weights included.
 
-Run from the repository root: ``python -m benchmarks.synthetic_recipe [--epochs 8 --seeds 1 2]``.
-Runs are kept under ``--out`` so a second call only re-prints the table. ``--data_dir`` and
-``--teacher_path`` reuse data and a teacher run made earlier (e.g. by ``make demo``, whose settings
-are the defaults here) instead of generating and training them again.
+The table gives mean ± standard deviation over the seeds (sample standard deviation, n - 1) of
+R@1 and AP in both directions; a second table gives each variant's difference from the full recipe
+and marks it where it exceeds the spread, i.e. |Δmean| > the larger of the two standard deviations.
+``--json FILE`` writes the settings, every seed's metrics, the summaries and the time of every run.
+
+The defaults are sized to run in the background on the shared 2-core machine in about 40 minutes:
+40 train / 100 test / 10 distractor places with 8 drone images each, the demo's short-run
+settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (6 epochs × 3 draws per
+class instead of 8 × 4), evaluation without flip TTA (``--flip`` doubles its time), and one torch
+thread per process (``--threads``). ``--smoke`` is a tiny configuration that checks the whole path
+end to end (its runs are dominated by fixed start-up costs: about 2 minutes per student run).
+
+    nohup python -m benchmarks.synthetic_recipe --json demo_runs/recipe.json > demo_runs/recipe.log 2>&1 &
+    python -m benchmarks.synthetic_recipe --smoke --out /tmp/recipe_smoke
+
+Finished runs are kept under ``--out`` and reused, so an interrupted call resumes and a finished one
+only re-prints the tables; ``--out`` remembers its settings and refuses other ones. Seeds are
+independent: on an idle machine two processes with the same ``--out`` and different ``--seeds``
+(e.g. ``--seeds 1 2``, and ``--seeds 3`` once the first has generated the data) run side by side,
+and a last call with all seeds prints the tables. ``--data_dir`` evaluates on an existing
+University-1652-layout dataset instead of generating one.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from datasets.synthetic import generate_university
+from evaluation.records import RESULTS_FILE, latest_record, load_results
 
 REPO = Path(__file__).resolve().parents[1]
 DIRECTIONS = (("Drone->Satellite", "D→S"), ("Satellite->Drone", "S→D"))
+METRICS = (("recall@1", "R@1"), ("ap", "AP"))
+COLUMNS = [(direction, short, metric, label) for direction, short in DIRECTIONS for metric, label in METRICS]
+REFERENCE = "full"
+SMOKE = dict(train_places=8, test_places=5, distractor_places=2, drones=3, image_size=64, size=32, epochs=3,
+             sample_num=1, seeds=[1, 2])
+SETTINGS = ("data_dir", "train_places", "test_places", "distractor_places", "drones", "image_size", "data_seed",
+            "size", "epochs", "sample_num", "lr", "teacher", "flip", "threads")
 
 
 def parse_args(argv=None):
@@ -29,83 +61,212 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="demo_runs/synthetic_recipe", help="data and runs go here")
     parser.add_argument("--data_dir", default=None,
                         help="existing University-1652-layout dataset root (default: generate one under --out)")
-    parser.add_argument("--teacher_path", default=None,
-                        help="existing teacher run trained on that data (default: train one per seed)")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of every run")
-    parser.add_argument("--sample_num", type=int, default=4, help="draws of each class per epoch")
+    parser.add_argument("--train_places", type=int, default=40, help="generated training places")
+    parser.add_argument("--test_places", type=int, default=100, help="generated test (query) places")
+    parser.add_argument("--distractor_places", type=int, default=10, help="generated gallery-only places")
+    parser.add_argument("--drones", type=int, default=8, help="drone images per generated place")
+    parser.add_argument("--image_size", type=int, default=128, help="side of the generated images")
+    parser.add_argument("--data_seed", type=int, default=0, help="seed of the generated data (fixed across runs)")
     parser.add_argument("--size", type=int, default=64, help="training and test input size")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of every run")
+    parser.add_argument("--sample_num", type=int, default=3, help="draws of each class per epoch")
     parser.add_argument("--lr", type=float, default=0.001, help="learning rate of every run")
     parser.add_argument("--teacher", default="mccg_convnext_atto", help="teacher model")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one set of runs per seed")
-    parser.add_argument("--num_workers", type=int, default=2, help="data-loading processes")
-    return parser.parse_args(argv)
+    parser.add_argument("--flip", action="store_true",
+                        help="evaluate with flip test-time augmentation (test.py's default; twice the evaluation time)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run of every variant per seed")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only these variants (default: all; the teacher trains whenever a variant distils)")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="data-loading processes of train.py and test.py (0: in the main process, which "
+                             "avoids the per-epoch worker start-up stalls of short CPU runs)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each train.py / test.py process (OMP_NUM_THREADS; 0: torch's "
+                             "default). On a shared 2-core machine one thread was 30x faster than two")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write everything as JSON here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny end-to-end check: " + ", ".join(f"{k} {v}" for k, v in SMOKE.items()))
+    opts = parser.parse_args(argv)
+    if opts.smoke:
+        for key, value in SMOKE.items():
+            setattr(opts, key, value)
+    return opts
 
 
-def students(opts):
-    """Ablation name → extra train.py flags (distillation added where the recipe has it)."""
+def variants(opts) -> dict:
+    """Variant name → (table label, train.py flags, distils from the seed's teacher)."""
     n1, n2 = max(1, opts.epochs // 8), max(2, opts.epochs // 4)
     phases = ["--bigradual_n1", str(n1), "--bigradual_n2", str(n2)]
-    return {
-        "full": ["--optimizer", "adamlion", *phases, "--kd"],
-        "no_kd": ["--optimizer", "adamlion", *phases],
-        "no_bigradual": ["--optimizer", "adamlion", "--bigradual_n1", "0", "--bigradual_n2", "0", "--kd"],
-        "single_optimizer": ["--optimizer", "adam", *phases, "--kd"],
+    all_at_once = ["--bigradual_n1", "0", "--bigradual_n2", "0"]
+    table = {
+        "teacher": (f"teacher alone ({opts.teacher}, from scratch)",
+                    ["--model", opts.teacher, "--optimizer", "adam", *all_at_once], False),
+        "full": ("BiCrossNet-T, full recipe", ["--optimizer", "adamlion", *phases], True),
+        "no_kd": ("no distillation", ["--optimizer", "adamlion", *phases], False),
+        "no_bigradual": ("no bi-gradual unfreezing", ["--optimizer", "adamlion", *all_at_once], True),
+        "single_optimizer": ("single optimizer (Adam for all, binary weights included)",
+                             ["--optimizer", "adam", *phases], True),
+        # The release preset goes here, as one more entry: ("label", [its train.py flags], distils).
+        # Everything below (runs, tables, differences from the full recipe, JSON) picks it up.
     }
+    unknown = set(opts.variants or ()) - set(table)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(table)}")
+    chosen = [name for name in table if opts.variants is None or name in opts.variants]
+    if any(table[name][2] for name in chosen) and "teacher" not in chosen:
+        chosen.insert(0, "teacher")  # the students distil from it
+    return {name: table[name] for name in chosen}
 
 
-def run(cmd):
+def run(cmd, threads: int) -> float:
+    """Run one repository script quietly; returns its wall time in seconds."""
     print("$", " ".join(cmd), flush=True)
-    subprocess.run([sys.executable, *cmd], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, TQDM_DISABLE="1")  # no progress bars in a background log
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    code = subprocess.run([sys.executable, *cmd], cwd=REPO, stdout=subprocess.DEVNULL, env=env).returncode
+    if code:
+        raise SystemExit(f"{cmd[0]} stopped with exit status {code} (its message is above)")
+    return time.perf_counter() - start
 
 
-def train_and_test(name, flags, opts, data, ckpt, seed):
-    run_dir = ckpt / name
-    if not (run_dir / "results.json").is_file():
-        run(["train.py", "--name", name, "--checkpoint_dir", str(ckpt), "--data_dir", str(data / "train"),
-             "--h", str(opts.size), "--w", str(opts.size), "--epochs", str(opts.epochs), "--steps",
-             str(opts.epochs * 3 // 4), "--sample_num", str(opts.sample_num), "--lr", str(opts.lr), "--seed",
-             str(seed), "--num_workers", str(opts.num_workers), "--device", "cpu", "--overwrite", *flags])
-        run(["test.py", "--name", name, "--checkpoint_dir", str(ckpt), "--test_dir", str(data / "test"),
-             "--mode", "both", "--num_workers", str(opts.num_workers), "--device", "cpu"])
-    return read_results(run_dir)
+def train_and_test(name, flags, opts, data: Path, ckpt: Path, seed: int) -> dict:
+    """Metrics and timings of one variant and seed, training and evaluating it unless done already."""
+    run_dir, timing_file = ckpt / name, ckpt / name / "recipe_timing.json"
+    if not timing_file.is_file():
+        common = ["--num_workers", str(opts.num_workers), "--device", "cpu"]
+        timing = {"train_s": run(["train.py", "--name", name, "--checkpoint_dir", str(ckpt), "--data_dir",
+                                  str(data / "train"), "--h", str(opts.size), "--w", str(opts.size), "--epochs",
+                                  str(opts.epochs), "--steps", str(max(1, opts.epochs * 3 // 4)), "--sample_num",
+                                  str(opts.sample_num), "--lr", str(opts.lr), "--seed", str(seed), "--overwrite",
+                                  "--progress", "off", *common, *flags], opts.threads)}
+        timing["test_s"] = run(["test.py", "--name", name, "--checkpoint_dir", str(ckpt), "--test_dir",
+                                str(data / "test"), "--mode", "both", *common, *([] if opts.flip else ["--no_flip"])],
+                               opts.threads)
+        timing_file.write_text(json.dumps(timing) + "\n")
+    results = load_results(run_dir / RESULTS_FILE)
+    metrics = {}
+    for direction, short in DIRECTIONS:
+        record = latest_record(results, "university", direction, h=opts.size, w=opts.size, flip=opts.flip)
+        if record is None:
+            raise SystemExit(f"{run_dir / RESULTS_FILE} has no {direction} result at {opts.size}x{opts.size}")
+        metrics[short] = {metric: record[metric] for metric, _ in METRICS}
+    return {"metrics": metrics, "timing": json.loads(timing_file.read_text())}
 
 
-def read_results(run_dir: Path) -> dict:
-    results = json.loads((run_dir / "results.json").read_text())
-    return {short: results[f"university/{direction}"] for direction, short in DIRECTIONS}
+def prepare(opts, out: Path) -> Path:
+    """The dataset root (generated on first use) after checking that ``out`` holds these settings."""
+    settings = {key: getattr(opts, key) for key in SETTINGS}
+    record = out / "recipe_settings.json"
+    if record.is_file() and json.loads(record.read_text()) != settings:
+        raise SystemExit(f"{out} holds runs made with other settings ({record}); choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2) + "\n")
+    if opts.data_dir:
+        return Path(opts.data_dir).resolve()
+    data = out / "data"
+    if not (data / "synthetic.json").is_file():
+        print(f"== generating the data in {data}", flush=True)
+        start = time.perf_counter()
+        generate_university(data, train_places=opts.train_places, test_places=opts.test_places,
+                            distractor_places=opts.distractor_places, drones_per_place=opts.drones,
+                            image_size=opts.image_size, seed=opts.data_seed)
+        print(f"   took {time.perf_counter() - start:.0f} s", flush=True)
+    return data
+
+
+def summarize(per_seed: list) -> dict:
+    """Mean and sample standard deviation over seeds of every metric (std 0 for a single seed)."""
+    summary = {}
+    for _, short, metric, _ in COLUMNS:
+        values = [seed["metrics"][short][metric] for seed in per_seed]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary[f"{short} {metric}"] = {"mean": statistics.mean(values), "std": std}
+    return summary
+
+
+def differences(summaries: dict) -> dict:
+    """Each variant minus the full recipe, per metric, and whether it exceeds the larger std."""
+    if REFERENCE not in summaries:
+        return {}
+    reference, table = summaries[REFERENCE], {}
+    for name, summary in summaries.items():
+        if name == REFERENCE:
+            continue
+        table[name] = {}
+        for key, value in summary.items():
+            delta = value["mean"] - reference[key]["mean"]
+            spread = max(value["std"], reference[key]["std"])
+            table[name][key] = {"delta": delta, "spread": spread, "exceeds": abs(delta) > spread}
+    return table
+
+
+def markdown(opts, labels: dict, summaries: dict, deltas: dict, data_note: str) -> str:
+    header = "| run | " + " | ".join(f"{short} {label}" for _, short, _, label in COLUMNS) + " |"
+    rule = "|---|" + "---:|" * len(COLUMNS)
+    lines = [f"Synthetic University-1652 layout ({data_note}), {opts.size}×{opts.size}, {opts.epochs} epochs × "
+             f"{opts.sample_num} draws per class, lr {opts.lr}, seeds {' '.join(map(str, opts.seeds))}; "
+             f"mean ± standard deviation over the {len(opts.seeds)} seeds", "", header, rule]
+    for name, summary in summaries.items():
+        cells = [f"{summary[f'{short} {metric}']['mean']:.2f} ± {summary[f'{short} {metric}']['std']:.2f}"
+                 for _, short, metric, _ in COLUMNS]
+        lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+    if deltas:
+        lines += ["", "Difference from the full recipe (variant − full); **bold**: |Δmean| exceeds the larger of "
+                  "the two standard deviations, otherwise it is within the seed-to-seed spread.", "", header, rule]
+        beyond = []
+        for name, row in deltas.items():
+            cells = []
+            for _, short, metric, label in COLUMNS:
+                cell = row[f"{short} {metric}"]
+                text = f"{cell['delta']:+.2f}"
+                cells.append(f"**{text}**" if cell["exceeds"] else text)
+                if cell["exceeds"]:
+                    beyond.append(f"{labels[name]}: {short} {label} {text}")
+            lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+        lines += ["", "Beyond the spread: " + ("; ".join(beyond) if beyond else "none") + "."]
+    return "\n".join(lines)
+
+
+def data_note(data: Path) -> str:
+    """Place and query counts of the test split, read from its folders."""
+    test = data / "test"
+    count = {part: sum(1 for p in (test / part).iterdir() if p.is_dir()) for part in
+             ("query_satellite", "gallery_satellite")}
+    drones = sum(1 for p in (test / "query_drone").rglob("*") if p.is_file())
+    return (f"{count['query_satellite']} test places, {count['gallery_satellite'] - count['query_satellite']} "
+            f"distractors; {drones} D→S and {count['query_satellite']} S→D queries: one S→D query is "
+            f"{100 / count['query_satellite']:.2f} points, one D→S query {100 / max(drones, 1):.3f}")
 
 
 def main(argv=None):
     opts = parse_args(argv)
     out = Path(opts.out).resolve()
-    data = Path(opts.data_dir).resolve() if opts.data_dir else out / "data"
-    if not (data / "train").is_dir():
-        run(["-m", "datasets.synthetic", "--layout", "university", "--out", str(data)])
-    table = {}
+    data = prepare(opts, out)
+    chosen = variants(opts)
+    per_seed = {name: [] for name in chosen}
+    start = time.perf_counter()
     for seed in opts.seeds:
         ckpt = out / f"seed{seed}"
-        if opts.teacher_path:
-            teacher = Path(opts.teacher_path).resolve()
-            table.setdefault(f"teacher ({teacher.name})", []).append(read_results(teacher))
-        else:
-            teacher = ckpt / "teacher"
-            teacher_flags = ["--model", opts.teacher, "--optimizer", "adam", "--bigradual_n1", "0",
-                             "--bigradual_n2", "0"]
-            table.setdefault(f"teacher ({opts.teacher})", []).append(
-                train_and_test("teacher", teacher_flags, opts, data, ckpt, seed))
-        for name, flags in students(opts).items():
-            flags = [f for f in flags if f != "--kd"] + (["--teacher_path", str(teacher)] if "--kd" in flags else [])
-            table.setdefault(f"student {name}", []).append(train_and_test(name, flags, opts, data, ckpt, seed))
-
-    print(f"\nSynthetic University-1652 layout (40 train / 30 test / 10 distractor places), {opts.size}×{opts.size}, "
-          f"{opts.epochs} epochs × {opts.sample_num} draws per class, lr {opts.lr}, seeds {opts.seeds}; "
-          f"mean over seeds (chance R@1: D→S 2.5%, S→D ≈ 2.5%)\n")
-    print("| run | D→S R@1 | D→S AP | S→D R@1 | S→D AP |")
-    print("|---|---:|---:|---:|---:|")
-    for name, per_seed in table.items():
-        cells = [f"{statistics.mean(r[d][m] for r in per_seed):.2f}"
-                 for _, d in DIRECTIONS for m in ("recall@1", "ap")]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        for name, (_, flags, distils) in chosen.items():
+            flags = flags + (["--teacher_path", str(ckpt / "teacher")] if distils else [])
+            per_seed[name].append(dict(seed=seed, **train_and_test(name, flags, opts, data, ckpt, seed)))
+    summaries = {name: summarize(runs) for name, runs in per_seed.items()}
+    deltas = differences(summaries)
+    labels = {name: label for name, (label, _, _) in chosen.items()}
+    note = data_note(data)
+    print("\n" + markdown(opts, labels, summaries, deltas, note))
+    timings = [run["timing"] for runs in per_seed.values() for run in runs]
+    total = sum(t["train_s"] + t["test_s"] for t in timings)
+    print(f"\n{len(timings)} runs; training + evaluation took {total / 60:.1f} min in all (as first run), "
+          f"this call {(time.perf_counter() - start) / 60:.1f} min")
+    if opts.json:
+        report = {"settings": {key: getattr(opts, key) for key in SETTINGS} | {"seeds": opts.seeds},
+                  "test_split": note, "labels": labels, "runs": per_seed, "summary": summaries,
+                  "difference_from_full": deltas}
+        Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,10 @@ def _suggestion(path: Path) -> str:
         if parent == parent.parent:
             return ""
         missing, parent = parent, parent.parent
+    if missing.name.startswith(("query_", "gallery_")) and all((parent / v).is_dir() for v in ("satellite", "drone")):
+        test = parent.parent.parent / "test" / parent.name if parent.parent.name == "train" else parent.parent / "test"
+        where = f"; did you mean {test}?" if test.is_dir() else ""
+        return f" ({parent} holds satellite/ and drone/: a training folder, not a test folder){where}"
     siblings = sorted(p for p in parent.iterdir() if p.is_dir() and _visible(p))
     close = difflib.get_close_matches(missing.name, [p.name for p in siblings], n=1, cutoff=0.6)
     if close:

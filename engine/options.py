@@ -1,20 +1,32 @@
 """``train.py``'s parsed flags: the merge with a run's saved flags on ``--resume``, the checks of
 their values, and what the run records of them in ``opts.yaml``."""
 import argparse
+import importlib.util
 import math
 from pathlib import Path
+from typing import Dict, Optional
 
 from models import list_models, model_option_names
 from models.run import OPTS_FILE, load_opts
 from optim.unfreeze import BiGradualUnfreezing
 from utils.errors import UserError
 
-__all__ = ["RESUME_OVERRIDES", "RUNTIME_FLAGS", "default_weight_decay", "given_flags", "merge_saved_opts",
-           "model_options", "run_options", "validate"]
+__all__ = ["PROGRESS_CHOICES", "RECIPE_DEFAULTS", "RESUME_OVERRIDES", "RUNTIME_FLAGS", "apply_recipe_defaults",
+           "default_weight_decay", "given_flags", "merge_saved_opts", "model_options", "recipe_of", "run_options",
+           "validate"]
 
 # Flags that may differ when a run is resumed; every other flag is taken from the run's opts.yaml.
 RESUME_OVERRIDES = ("epochs", "num_workers", "device", "amp", "tf32", "save_every", "keep_last", "max_bad_steps",
-                    "data_dir", "teacher_path")
+                    "data_dir", "teacher_path", "progress", "tensorboard")
+PROGRESS_CHOICES = ("auto", "on", "off")
+TEACHER_PREFIX = "mccg_convnext_"
+# Each recipe's defaults where they differ from the parser's (the student recipe's, docs/method.md §5):
+# a model gets its recipe's value for every flag the command line leaves out.
+RECIPE_DEFAULTS: Dict[str, Dict[str, object]] = {
+    "student": {},
+    "teacher": {"optimizer": "sgd", "lr": 0.01, "epochs": 200, "steps": [80, 120], "bigradual_n1": 0,
+                "bigradual_n2": 0},
+}
 RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
 POSITIVE_FLAGS = ("batchsize", "epochs", "h", "w", "sample_num", "max_bad_steps")
 NON_NEGATIVE_FLAGS = ("num_workers", "save_every", "keep_last", "kd_weight", "temperature_decay")
@@ -31,10 +43,25 @@ def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, argv)
     return {key for key, value in vars(parsed).items() if value is not absent}
 
 
+def recipe_of(model: str) -> str:
+    """The recipe whose defaults ``model`` trains with: 'teacher' for ``mccg_convnext_*``, else 'student'."""
+    return "teacher" if model.startswith(TEACHER_PREFIX) else "student"
+
+
+def apply_recipe_defaults(args: argparse.Namespace, given: set) -> Dict[str, object]:
+    """Give every recipe flag absent from ``given`` the value of ``args.model``'s recipe; returns
+    the values put in."""
+    applied = {key: value for key, value in RECIPE_DEFAULTS[recipe_of(args.model)].items() if key not in given}
+    for key, value in applied.items():
+        setattr(args, key, list(value) if isinstance(value, list) else value)
+    return applied
+
+
 def merge_saved_opts(args: argparse.Namespace, given: set) -> argparse.Namespace:
     """On ``--resume`` the run's own settings win; runtime flags given on the command line override
     them, and any other given flag must agree with the run (changing --h or --model mid-run would
-    silently be ignored otherwise). Saved keys that are no longer flags are ignored."""
+    silently be ignored otherwise). Saved keys that are no longer flags are ignored; flags that an
+    older opts.yaml lacks take the run's recipe default (the parser's, for a student)."""
     opts_path = Path(args.checkpoint_dir) / args.name / OPTS_FILE
     saved = load_opts(opts_path.parent).get("args", {})
     conflicts = [f"--{key} {getattr(args, key)!r} (run: {saved[key]!r})" for key in sorted(given)
@@ -47,7 +74,9 @@ def merge_saved_opts(args: argparse.Namespace, given: set) -> argparse.Namespace
         if key in merged and not (key in RUNTIME_FLAGS and key in given):
             merged[key] = value
     merged["resume"] = True
-    return argparse.Namespace(**merged)
+    merged = argparse.Namespace(**merged)
+    apply_recipe_defaults(merged, given | set(saved))
+    return merged
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -76,6 +105,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--kd_temperature must be > 0 for --kd_mode kl, got {args.kd_temperature}")
     if args.batchsize < 2 and args.triplet_loss > 0:
         raise UserError("--batchsize must be at least 2 classes for the triplet loss (or pass --triplet_loss 0)")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard needs the tensorboard package (pip install tensorboard), or drop the flag")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -116,7 +147,12 @@ def default_weight_decay(optimizer: str) -> float:
     return {"sgd": 5e-4, "adamwlion": 0.01}.get(optimizer, 0.0)
 
 
-def run_options(args: argparse.Namespace, num_classes: int) -> dict:
-    """What opts.yaml records: every flag, plus what test.py needs to rebuild the network."""
-    return {"model": args.model, "model_options": model_options(args), "num_classes": num_classes,
-            "dataset": args.dataset, "altitude": args.altitude, "h": args.h, "w": args.w, "args": vars(args)}
+def run_options(args: argparse.Namespace, num_classes: int, given: Optional[set] = None) -> dict:
+    """What opts.yaml records: every flag, plus what test.py needs to rebuild the network, the recipe
+    whose defaults filled the flags left out, and (when known) the flags given explicitly."""
+    opts = {"model": args.model, "model_options": model_options(args), "num_classes": num_classes,
+            "dataset": args.dataset, "altitude": args.altitude, "h": args.h, "w": args.w, "args": vars(args),
+            "recipe": recipe_of(args.model)}
+    if given is not None:
+        opts["given_flags"] = sorted(given)
+    return opts

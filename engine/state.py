@@ -4,26 +4,55 @@ Checkpoints keep both so an interrupted epoch resumes bit for bit, and keep them
 ``torch.load(weights_only=True)`` accepts (tensors, numbers, strings, containers): NumPy's state
 tuple holds an ``ndarray``, so it is stored as a dict with the key array as an int64 tensor.
 """
+import contextlib
 import random
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["EpochStats", "rng_state", "rng_state_from_legacy", "seed_epoch", "set_rng_state"]
+__all__ = ["EpochStats", "item_seed", "rng_state", "rng_state_from_legacy", "seed_epoch", "seeded_rngs",
+           "set_rng_state", "shuffle_generator"]
 
 
-def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
-    """Re-seed every RNG at each epoch start, so a run resumed at an epoch boundary is identical
-    to the uninterrupted one. Returns the generator that drives shuffling and worker seeds."""
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Re-seed every RNG of this process at each epoch start (dropout and other draws of the
+    training step), so a run resumed at an epoch boundary is identical to the uninterrupted one."""
     value = seed * 100_003 + epoch * 101 + rank
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
+
+
+def shuffle_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch``'s shuffled order (the same on every process)."""
     generator = torch.Generator()
     generator.manual_seed(seed * 100_003 + epoch)
     return generator
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of item ``index``'s random picks and augmentations in epoch ``epoch``: a function of
+    the three numbers only, so neither the loading process nor the items loaded before matter."""
+    entropy = [seed % 2**64, epoch, index]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+@contextlib.contextmanager
+def seeded_rngs(value: int) -> Iterator[None]:
+    """Run the block with Python's, NumPy's and torch's CPU RNGs seeded from ``value``; the states
+    they had before come back afterwards, so the caller's own random streams are untouched."""
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        torch.manual_seed(value)
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
 
 
 def _numpy_entry(state: tuple) -> dict:

@@ -1,35 +1,42 @@
-"""The training loop of one run: building it from the flags, stepping, checkpointing and resuming.
+"""The training loop of one run: building it from the flags, stepping, and recording each epoch
+(checkpoints and resuming: ``engine.checkpointing``; the data of every epoch: ``engine.loading``).
 
 The student recipe (docs/method.md §3): bi-gradual unfreezing, bi-partitioned optimization,
 cross-entropy + cross-view triplet loss, and logit distillation from a frozen teacher.
 """
+import re
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from datasets import build_train_set
 from losses.objective import BiCrossNetLoss
 from models import TwoViewNet, build_model
-from models._helpers import check_input_size, load_model_state, nonfinite_entries
+from models._helpers import check_input_size
 from models.binary import BinarizerSchedule, apply_constraints_, count_exact_binary
-from models.run import LAST_CHECKPOINT, checkpoint_name, load_checkpoint, load_trained_model, saved_checkpoints
+from models.run import LAST_CHECKPOINT, load_trained_model
 from optim.factory import build_optimizers, build_schedulers
 from optim.stepping import step_optimizers
 from optim.unfreeze import BiGradualUnfreezing
 from utils.device import configure_precision, resolve_device
 from utils.errors import UserError
-from utils.files import link_or_copy, save_checkpoint
 
+from .checkpointing import CheckpointMixin
 from .distributed import DistributedContext, all_reduce_mean, barrier
+from .loading import TrainLoader
 from .options import default_weight_decay, model_options
-from .state import EpochStats, rng_state, seed_epoch, set_rng_state
-from .training_log import MetricsTable
+from .state import EpochStats, seed_epoch, set_rng_state
+from .training_log import EpochRecords, progress_enabled
+
+# Frozen optimizers (bi-gradual phases 1-2) take no step, so their schedulers see none before stepping.
+_FROZEN_SCHEDULER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
 
 __all__ = ["Trainer", "grad_scaler", "load_teacher"]
 
@@ -50,7 +57,7 @@ def load_teacher(path: str, num_classes: int, device: torch.device, logger) -> t
     return teacher.to(device).eval()
 
 
-class Trainer:
+class Trainer(CheckpointMixin):
     """Owns the model, optimizers and loop of one run; ``fit()`` trains from the current epoch."""
 
     def __init__(self, args, ctx: DistributedContext, run_dir: Path, logger):
@@ -70,6 +77,10 @@ class Trainer:
         self.history: Optional[List[dict]] = None
         self.phase = None
         self.network = None
+        self.loader: Optional[TrainLoader] = None  # created by the first epoch; its workers live until fit() ends
+        self.binary_convs = count_exact_binary(self.model)[1]  # 0 for a full-precision teacher
+        self.show_progress = ctx.is_main and progress_enabled(getattr(args, "progress", "auto"))
+        self.epoch_steps = 0  # steps run by this process in the last epoch (a resumed one: the rest of it)
         self.interrupted = 0  # number of the first stop signal received (set by engine.stop_signals)
         self.stopped = False  # training stopped early on a signal, after saving
         # Called after every checkpoint written; train.py uses it to commit the run's claim.
@@ -120,82 +131,6 @@ class Trainer:
         self.unfreezing = BiGradualUnfreezing(self.model, args.bigradual_n1, args.bigradual_n2)
         self.binarizer_schedule = BinarizerSchedule(self.model, args.epochs, args.temperature_decay)
 
-    # ----------------------------------------------------------------- checkpoints
-    def state(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "epoch_stats": vars(stats) if stats is not None else None,
-            "bad_steps": self.bad_steps,
-            "history": self.history,
-            "rng": rng_state(),
-            "model_name": self.args.model,
-            "num_classes": self.num_classes,
-        }
-
-    def save(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None, keep: bool = False):
-        """Write last.pth (and net_<epoch>.pth when ``keep``); ``epoch`` counts completed epochs.
-
-        net_<epoch>.pth goes first: last.pth is what --resume reads, so a process killed between
-        the two writes redoes the epoch and rewrites the same net_<epoch>.pth, instead of lacking it.
-        """
-        if not self.ctx.is_main:
-            return
-        state = self.state(epoch, batches_done, stats)
-        nonfinite = nonfinite_entries(state["model"])
-        if nonfinite:
-            raise UserError(f"the weights hold NaN or infinite values ({len(nonfinite)} tensors, e.g. "
-                            f"{', '.join(nonfinite[:3])}); not overwriting {self.run_dir / LAST_CHECKPOINT}, "
-                            f"which keeps the last finite state (lower --lr, then --resume)")
-        if keep:
-            save_checkpoint(state, self.run_dir / checkpoint_name(epoch))
-            link_or_copy(self.run_dir / checkpoint_name(epoch), self.run_dir / LAST_CHECKPOINT)
-            self._prune_epoch_checkpoints()
-        else:
-            save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
-        self.after_checkpoint()
-
-    def _prune_epoch_checkpoints(self) -> None:
-        """With --keep_last K, delete all but the K newest net_<epoch>.pth (last.pth is never one)."""
-        if self.args.keep_last:
-            epochs = sorted((p for p in self.run_dir.glob("net_*.pth") if p.stem[4:].isdigit()),
-                            key=lambda p: int(p.stem[4:]))
-            for path in epochs[:-self.args.keep_last]:
-                path.unlink()
-
-    def restore(self) -> None:
-        """Continue from last.pth: weights, optimizer and scheduler states, and the epoch position."""
-        path = self.run_dir / LAST_CHECKPOINT
-        try:
-            ckpt = load_checkpoint(path, map_location=self.device)
-        except UserError as err:
-            earlier = [name for name in saved_checkpoints(self.run_dir) if name != LAST_CHECKPOINT]
-            if not earlier:
-                raise
-            raise UserError(f"{err}; to resume from an earlier epoch, copy one of {', '.join(earlier)} "
-                            f"to {path}") from None
-        if ckpt.get("num_classes", self.num_classes) != self.num_classes:
-            raise UserError(f"{path} was trained with {ckpt['num_classes']} classes but --data_dir "
-                            f"{self.args.data_dir} has {self.num_classes}")
-        load_model_state(self.model, ckpt["model"], path, self.args.model)
-        for key, opt in self.optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][key])
-        for key, sched in self.schedulers.items():
-            sched.load_state_dict(ckpt["schedulers"][key])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch, self.resume_batches = ckpt["epoch"], ckpt["batches_done"]
-        self.bad_steps = ckpt.get("bad_steps", 0)
-        self.history = ckpt.get("history")  # None in checkpoints older than the record: read metrics.csv
-        if self.resume_batches:
-            self.resume_stats = EpochStats(**ckpt["epoch_stats"])
-            self.resume_rng = ckpt["rng"]
-        self.logger.info("resumed from %s at epoch %d%s", path, self.start_epoch,
-                         f", batch {self.resume_batches}" if self.resume_batches else "")
-
     # ----------------------------------------------------------------- one epoch
     def _enter_phase(self, epoch: int) -> None:
         phase = self.unfreezing.apply(epoch)
@@ -204,23 +139,32 @@ class Trainer:
         self.phase = phase
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.logger.info("epoch %d: bi-gradual phase %d (%s), %.2f M trainable parameters",
-                         epoch, phase, BiGradualUnfreezing.phase_name(phase), trainable / 1e6)
+                         epoch + 1, phase, self._phase_name(phase), trainable / 1e6)
         two_view = TwoViewNet(self.model)
         # DDP only synchronizes parameters that require gradients when it is built: rebuild per phase.
         self.network = DistributedDataParallel(
             two_view, device_ids=[self.device.index] if self.device.type == "cuda" else None
         ) if self.ctx.enabled else two_view
 
-    def _loader(self, epoch: int) -> DataLoader:
-        generator = seed_epoch(self.args.seed, epoch, self.ctx.rank)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-            sampler = self.sampler
-        else:
-            sampler = RandomSampler(self.dataset, generator=generator)
-        return DataLoader(self.dataset, batch_size=self.args.batchsize, sampler=sampler, drop_last=True,
-                          num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda",
-                          generator=generator)
+    def _phase_name(self, phase: int) -> str:
+        if self.binary_convs:
+            return BiGradualUnfreezing.phase_name(phase)
+        return "head only" if phase == 1 else f"all parameters; {self.args.model} has no binary weights"
+
+    def _loader(self, epoch: int, skip_batches: int = 0):
+        """The batches of ``epoch`` from the run's one loader (made on first use), from batch
+        ``skip_batches`` on; the whole epoch's order and every item's draws are fixed by the seed."""
+        if self.loader is None:
+            self.loader = TrainLoader(self.dataset, self.args.batchsize, self.args.seed,
+                                      num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda",
+                                      distributed=self.sampler)
+        return self.loader.epoch(epoch, skip_batches)
+
+    def close(self) -> None:
+        """End the data-loading worker processes (a later epoch starts new ones)."""
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
 
     def train_epoch(self, epoch: int) -> Optional[Dict[str, float]]:
         """Train one epoch (the rest of it, when resuming mid-epoch); returns the epoch's mean
@@ -228,34 +172,36 @@ class Trainer:
         self._enter_phase(epoch)
         self.binarizer_schedule.start_epoch(epoch)
         self.model.train()
-        loader = self._loader(epoch)
+        seed_epoch(self.args.seed, epoch, self.ctx.rank)
         stats, skip = EpochStats(), 0
         if epoch == self.start_epoch and self.resume_batches:
             stats, skip = self.resume_stats, self.resume_batches
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", disable=not self.ctx.is_main,
-                   dynamic_ncols=True, leave=False)
+        batches = self._loader(epoch, skip)
+        if skip:
+            set_rng_state(self.resume_rng)  # where the interrupted run stood after batch `skip`
+        self.epoch_steps = 0
+        bar = tqdm(total=self.loader.steps_per_epoch(), initial=skip, desc=f"epoch {epoch + 1}/{self.args.epochs}",
+                   disable=not self.show_progress, dynamic_ncols=True, leave=False)
         try:
-            for index, (satellite, drone, labels) in enumerate(bar):
-                if index < skip:
-                    # The skipped batches are drawn all the same, so the loader and its workers
-                    # reach the same position; then the RNGs go back to where the run stopped.
-                    if index == skip - 1:
-                        set_rng_state(self.resume_rng)
-                    continue
+            for index, (satellite, drone, labels) in enumerate(batches, start=skip):
                 self.train_step(satellite, drone, labels, stats, epoch, index)
+                self.epoch_steps += 1
+                bar.update(1)
                 bar.set_postfix(loss=f"{stats.sums.get('total', 0.0) / max(stats.steps, 1):.3f}")
                 if self._stop_requested():
                     self.save(epoch, batches_done=index + 1, stats=stats)
-                    self.logger.warning("interrupted: saved %s at epoch %d, batch %d; continue with --resume",
-                                        self.run_dir / LAST_CHECKPOINT, epoch, index + 1)
+                    self.logger.warning("interrupted: saved %s in epoch %d/%d after batch %d; continue with --resume",
+                                        self.run_dir / LAST_CHECKPOINT, epoch + 1, self.args.epochs, index + 1)
                     return None
         except UserError as err:
             # An error re-raised from a DataLoader worker (an unreadable image) carries finished
-            # frames that hold the loader iterator in a reference cycle. Clearing them shuts the
-            # workers down now; left to the garbage collector, the shutdown stalls for seconds on
-            # half-finalized queues, and the worker processes linger in the meantime.
+            # frames that hold the loader iterator in a reference cycle: clear them, and end the
+            # workers now rather than when the garbage collector gets to them.
             traceback.clear_frames(err.__traceback__)
+            self.close()
             raise
+        finally:
+            bar.close()
         return stats.means()
 
     def _stop_requested(self) -> bool:
@@ -319,56 +265,80 @@ class Trainer:
         self._restore_buffers(buffers)
         self.bad_steps += 1
         stats.skipped += 1
-        self.logger.warning("epoch %d batch %d: %s; step skipped (%d in a row)", epoch, index, reason, self.bad_steps)
+        self.logger.warning("epoch %d batch %d: %s; step skipped (%d in a row)", epoch + 1, index + 1, reason,
+                            self.bad_steps)
         if self.bad_steps >= self.args.max_bad_steps:
-            raise UserError(f"training diverged: {self.bad_steps} consecutive steps with non-finite values at "
-                            f"epoch {epoch}; {self.run_dir / LAST_CHECKPOINT} holds the last good state "
+            raise UserError(f"training diverged: {self.bad_steps} consecutive steps with non-finite values in "
+                            f"epoch {epoch + 1}; {self.run_dir / LAST_CHECKPOINT} holds the last good state "
                             f"(lower --lr or raise --max_bad_steps)")
 
     # ----------------------------------------------------------------- the run
     def fit(self) -> None:
         """Train from ``start_epoch`` to ``--epochs``, saving and logging after every epoch."""
-        table = None
-        if self.ctx.is_main:
-            table = MetricsTable(self.run_dir, keep_through_epoch=self.start_epoch, rows=self.history)
+        records = EpochRecords(self.run_dir, self.logger, self.args.epochs, self.start_epoch, self.history,
+                               tensorboard=getattr(self.args, "tensorboard", False), write=self.ctx.is_main)
         if self.history is None:  # a fresh run, or a checkpoint older than the record: start from the CSV
-            self.history = list(table.rows) if table is not None else []
+            self.history = records.rows()
+        self._log_start()
+        try:
+            for epoch in range(self.start_epoch, self.args.epochs):
+                start = time.time()
+                means = self.train_epoch(epoch)
+                if means is None:
+                    self.stopped = True
+                    return
+                learning_rates = self.learning_rates()  # the epoch's own, before the schedulers step
+                self._step_schedulers()
+                self.binarizer_schedule.end_epoch()
+                last = epoch + 1 == self.args.epochs
+                row = self._record_epoch(epoch, means, learning_rates, start, last)
+                records.add(row, self.epoch_steps, pairs_per_step=self.args.batchsize * self.ctx.world_size,
+                            steps_left=(self.args.epochs - epoch - 1) * self.loader.steps_per_epoch())
+                if not last and self._stop_requested():
+                    self.stopped = True
+                    self.logger.warning("interrupted after epoch %d/%d; continue with --resume", epoch + 1,
+                                        self.args.epochs)
+                    return
+        finally:
+            self.close()
+            records.close()
+
+    def _log_start(self) -> None:
         self.logger.info("precision: %s on %s", self.precision, self.device)
-        exact, total = count_exact_binary(self.model)
-        self.logger.info("%s: %d classes, %d training items, %d binary convolutions (%d with exactly ±1 "
-                         "forward weights)", self.args.model, self.num_classes, len(self.dataset), total, exact)
-        for epoch in range(self.start_epoch, self.args.epochs):
-            start = time.time()
-            means = self.train_epoch(epoch)
-            if means is None:
-                self.stopped = True
-                return
+        sample_num = self.args.sample_num
+        items = (f"{self.num_classes} classes × {sample_num} draw{'s' if sample_num > 1 else ''} = "
+                 f"{len(self.dataset)} training items per epoch")
+        steps = len(self.dataset) // (self.args.batchsize * self.ctx.world_size)
+        items += f", {steps} steps of {self.args.batchsize} pairs" + (
+            f" × {self.ctx.world_size} processes" if self.ctx.enabled else "")
+        if self.binary_convs:
+            exact, total = count_exact_binary(self.model)
+            items += f"; {total} binary convolutions ({exact} with exactly ±1 forward weights)"
+        self.logger.info("%s: %s", self.args.model, items)
+
+    def learning_rates(self) -> Dict[str, float]:
+        """Each optimizer's learning rate now, as metrics.csv columns: the largest of its parameter
+        groups (SGD's head group, at --lr; Lion's at --lr × --lion_lr_ratio)."""
+        return {f"lr_{key}": max(group["lr"] for group in opt.param_groups) for key, opt in self.optimizers.items()}
+
+    def _step_schedulers(self) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_FROZEN_SCHEDULER_WARNING)
             for sched in self.schedulers.values():
                 sched.step()
-            self.binarizer_schedule.end_epoch()
-            last = epoch + 1 == self.args.epochs
-            self._finish_epoch(epoch, means, start, table, last)
-            if not last and self._stop_requested():
-                self.stopped = True
-                self.logger.warning("interrupted after epoch %d; continue with --resume", epoch + 1)
-                return
 
-    def _finish_epoch(self, epoch: int, means: Dict[str, float], start: float, table: Optional[MetricsTable],
-                      last: bool) -> None:
-        """Record the finished epoch: checkpoint first, then the log line and metrics.csv."""
-        exact, total = count_exact_binary(self.model)
-        row = {"epoch": epoch + 1, "phase": self.phase, **means, "binary_exact": f"{exact}/{total}",
-               "seconds": round(time.time() - start, 2)}
-        row.update({f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()})
-        # The checkpoint (which carries the row) is written before metrics.csv: the CSV is never
-        # ahead of the checkpoint, and a kill in between loses no row.
+    def _record_epoch(self, epoch: int, means: Dict[str, float], learning_rates: Dict[str, float], start: float,
+                      last: bool) -> dict:
+        """Checkpoint the finished epoch, its row in the record included; returns the row. The
+        checkpoint goes first: metrics.csv is never ahead of it, and a kill in between loses no row."""
+        row = {"epoch": epoch + 1, "phase": self.phase, **means}
+        if self.binary_convs:
+            exact, total = count_exact_binary(self.model)
+            row["binary_exact"] = f"{exact}/{total}"
+        row["seconds"] = round(time.time() - start, 2)
+        row.update(learning_rates)
         self.history.append(row)
         keep = last or (self.args.save_every > 0 and (epoch + 1) % self.args.save_every == 0)
         self.save(epoch + 1, keep=keep)
         barrier(self.ctx)
-        self.logger.info("epoch %d/%d  %s", epoch + 1, self.args.epochs,
-                         "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in row.items() if k != "epoch"))
-        if table is not None:
-            table.append(row)
-            table.plot()
+        return row

@@ -1,17 +1,21 @@
-"""Human-readable records of a training run: ``train.log``, ``metrics.csv`` and ``loss_curve.png``."""
+"""Human-readable records of a training run: ``train.log`` (one line per epoch), ``metrics.csv``,
+``loss_curve.png`` and, on request, TensorBoard scalars."""
 import csv
 import io
 import logging
 import logging.handlers
 import sys
+import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, TextIO
 
 from utils.files import atomic_write_bytes, atomic_write_text
 
 METRICS_FILE = "metrics.csv"
 LOG_FILE = "train.log"
 CURVE_FILE = "loss_curve.png"
+TENSORBOARD_DIR = "tensorboard"
+LOSS_KEYS = ("total", "ce", "triplet", "kd")
 
 
 class _PrintableFormatter(logging.Formatter):
@@ -126,3 +130,122 @@ class MetricsTable:
 
 def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def progress_enabled(mode: str, stream: Optional[TextIO] = None) -> bool:
+    """Whether to draw per-step progress bars: ``on``, ``off``, or ``auto`` (only on a terminal)."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"mode must be 'auto', 'on' or 'off', got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    stream = sys.stderr if stream is None else stream
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def duration(seconds: float) -> str:
+    """``h:mm:ss`` (``Nd h:mm:ss`` past a day) of a non-negative number of seconds."""
+    total = max(int(round(seconds)), 0)
+    days, rest = divmod(total, 86_400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
+def epoch_line(row: Dict, epochs: int, pairs_per_s: float, eta_seconds: float) -> str:
+    """The log line of a finished epoch: its metrics.csv row (floats to 3 significant digits), the
+    speed in training pairs per second and the estimated time left for the whole run."""
+    fields = [f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+              for key, value in row.items() if key != "epoch"]
+    fields += [f"pairs/s={pairs_per_s:.3g}", f"eta={duration(eta_seconds)}"]
+    return f"epoch {row['epoch']}/{epochs}  " + "  ".join(fields)
+
+
+def scalar_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.csv column: losses under ``loss/``, learning rates under ``lr/``."""
+    if key in LOSS_KEYS:
+        return f"loss/{key}"
+    return f"lr/{key[3:]}" if key.startswith("lr_") else key
+
+
+def row_scalars(row: Dict) -> Dict[str, float]:
+    """The numeric columns of a metrics.csv row as TensorBoard scalars (``binary_exact``, "e/n",
+    becomes the count e)."""
+    scalars = {}
+    for key, value in row.items():
+        if key == "epoch" or value == "" or value is None:
+            continue
+        if key == "binary_exact":
+            value = str(value).split("/")[0]
+        try:
+            scalars[scalar_tag(key)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return scalars
+
+
+class TensorBoardLog:
+    """metrics.csv's columns as TensorBoard scalars under ``run_dir/tensorboard/``, one step per epoch.
+
+    ``purge_step``: a resumed run's first epoch to write; TensorBoard drops the events an earlier
+    session wrote from that step on, so the curves do not double back.
+    """
+
+    def __init__(self, run_dir: Path, purge_step: Optional[int] = None):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package; only on request
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step)
+
+    def add(self, row: Dict) -> None:
+        for tag, value in row_scalars(row).items():
+            self.writer.add_scalar(tag, value, global_step=int(row["epoch"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class EpochRecords:
+    """What a finished epoch leaves behind: a line in the log (with the speed and the run's
+    remaining time), and in the main process (``write``) a row of metrics.csv, the loss curve and,
+    with ``tensorboard``, the row's scalars.
+
+    ``start_epoch`` and ``rows`` resume the records as :class:`MetricsTable` does. A resumed
+    TensorBoard log rewrites its last recorded epoch (a kill may have come between the checkpoint
+    and the event file) and drops what an earlier session wrote from there on; the first time it is
+    asked for, it receives every recorded epoch.
+    """
+
+    def __init__(self, run_dir: Path, logger: logging.Logger, epochs: int, start_epoch: int = 0,
+                 rows: Optional[List[Dict]] = None, tensorboard: bool = False, write: bool = True):
+        self.logger, self.epochs = logger, epochs
+        self.table = MetricsTable(run_dir, keep_through_epoch=start_epoch, rows=rows) if write else None
+        self.board = None
+        if write and tensorboard:
+            first = start_epoch if start_epoch and (Path(run_dir) / TENSORBOARD_DIR).is_dir() else 1
+            self.board = TensorBoardLog(run_dir, purge_step=first if start_epoch else None)
+            for row in self.table.rows:
+                if int(row["epoch"]) >= first:
+                    self.board.add(row)
+        self.started, self.steps_done = time.time(), 0
+
+    def rows(self) -> List[Dict]:
+        return list(self.table.rows) if self.table is not None else []
+
+    def add(self, row: Dict, steps: int, pairs_per_step: int, steps_left: int) -> None:
+        """Record ``row``, an epoch in which this process ran ``steps`` steps; ``steps_left`` is
+        the number of steps the run has still to go."""
+        self.steps_done += steps
+        seconds_per_step = (time.time() - self.started) / max(self.steps_done, 1)
+        pairs_per_s = steps * pairs_per_step / max(float(row["seconds"]), 1e-9)
+        self.logger.info(epoch_line(row, self.epochs, pairs_per_s, seconds_per_step * steps_left))
+        if self.table is not None:
+            self.table.append(row)
+            self.table.plot()
+        if self.board is not None:
+            self.board.add(row)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()

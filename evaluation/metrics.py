@@ -11,17 +11,23 @@ The semantics are those of the official ``evaluate``/``compute_mAP`` (docs/metho
 * AP is the trapezoid rule: for the i-th good item at rank r_i, p_i = (i+1)/(r_i+1) and
   o_i = i/r_i (1 when r_i = 0); AP = sum_i (o_i + p_i) / (2 * n_good).
 
-Three points the official code leaves open are fixed here, identically in both implementations:
+Four points the official code leaves open are fixed here, identically in both implementations:
 
 * Tie rule: equal scores keep gallery order (a stable descending sort). The official code uses
   NumPy's default quicksort, whose order among equal scores is unspecified.
 * A query labelled -1 has no good item (the official code raises IndexError for it).
 * Recall@K for K larger than the gallery is the fraction of queries with any good item (the
   official code indexes past the end of its CMC vector).
+* A NaN score ranks after every other score (NaN among themselves in gallery order), where
+  NumPy's sort puts it.
 
 :func:`evaluate_retrieval` is the fast implementation (torch, chunks of queries, runs on the
-device of its inputs); :func:`evaluate_retrieval_loop` is the per-query NumPy reference.
+device of its inputs). It never sorts the gallery: only the ranks of the good items are needed,
+and each is a count of the items ranked before it (:func:`_good_ranks`), so ranking and metrics
+cost little more than the query x gallery matrix product (``python -m benchmarks.metrics_speed``).
+:func:`evaluate_retrieval_loop` is the per-query NumPy reference.
 """
+import math
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -31,10 +37,13 @@ RECALL_AT = (1, 5, 10)
 METRIC_NAMES = tuple(f"recall@{k}" for k in RECALL_AT) + ("recall@top1", "ap")
 
 # A chunk of queries spans about this many (query, gallery) pairs: large enough for an efficient
-# matrix multiply, small enough that the int64 rank keys of a chunk stay around 32 MB.
-_PAIRS_PER_CHUNK = 1 << 22
+# matrix multiply, small enough that its buffers (13 bytes a pair: float32 scores and positions,
+# int32 bins, bool flags; allocated once, see _Workspace) stay around 200 MB.
+_PAIRS_PER_CHUNK = 1 << 24
+# Score bins per good item (at most _MAX_BINS per query): more bins, fewer items to compare exactly.
+_BINS_PER_GOOD, _MAX_BINS = 64, 4096
 _INT64_MIN = torch.iinfo(torch.int64).min
-_INT64_MAX = torch.iinfo(torch.int64).max
+_NAN_ORDER = -0x7F800001  # order value of NaN: one below -inf (-0x7F800000)
 
 
 def count_unmatched(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> int:
@@ -54,57 +63,127 @@ def format_metrics(metrics: Dict[str, float]) -> str:
         *(metrics[name] for name in METRIC_NAMES))
 
 
-def _descending_keys(scores: torch.Tensor) -> torch.Tensor:
-    """Unique int64 keys whose descending order is the stable descending order of each row.
+def _descending_keys(scores: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+    """Unique int64 keys whose descending order is the stable descending order of the scores.
 
     High 32 bits: the float32 score mapped onto an order-preserving int32 (sign-magnitude to
-    two's complement, so -0.0 and +0.0 get the same value); low 32 bits: 2^32 - 1 - gallery
-    index, so that among equal scores the earlier gallery item ranks first. With unique keys the
-    rank of an item is the number of larger keys, which needs no sort of the whole gallery.
+    two's complement, so -0.0 and +0.0 get the same value; NaN just below -inf, since NumPy sorts
+    NaN last); low 32 bits: 2^32 - 1 - gallery index, so that among equal scores the earlier
+    gallery item ranks first. ``scores`` and ``gallery_index`` have the same shape.
     """
     bits = scores.contiguous().view(torch.int32)
     sign = bits >> 31  # 0 for non-negative scores, -1 for negative ones
-    ordered = ((bits & 0x7FFFFFFF) ^ sign) - sign
-    tie_break = (2 ** 32 - 1) - torch.arange(scores.shape[1], dtype=torch.int64, device=scores.device)
-    return (ordered.to(torch.int64) << 32) | tie_break
+    ordered = (((bits & 0x7FFFFFFF) ^ sign) - sign).masked_fill_(torch.isnan(scores), _NAN_ORDER)
+    return (ordered.to(torch.int64) << 32) | ((2 ** 32 - 1) - gallery_index)
 
 
-def _chunk_ranks(scores, good_index, n_good, junk) -> Tuple[torch.Tensor, torch.Tensor]:
-    """First-good rank and AP for one chunk of queries.
+def _score_bins(scores, good_scores, valid, junk, bins, work) -> torch.Tensor:
+    """Bin numbers (C, G) int32, in each row a monotone non-decreasing function of the score.
 
-    ``good_index`` (C, M) holds the gallery positions of each query's good items (entries past
-    ``n_good`` are padding). Each good item's rank is the number of non-junk gallery items with a
-    larger key: a searchsorted of every gallery key among the query's sorted good keys, a
-    histogram of the bucket numbers and a suffix sum give all those counts in O(G log M) per
-    query, where a full sort of the gallery would cost O(G log G).
+    Row r uses the bins r * (bins + 4) + 0 .. bins + 3: 0 holds the junk items; an affine map
+    spreads the range of the row's good scores over about ``bins`` bins, items far below land in
+    bin 1, far above in bin bins + 3, NaN in bin 1 (NaN ranks last). Only the monotonicity matters
+    for the results, and it holds whatever the row's parameters: every step (subtract, multiply,
+    clamp, truncate) is a correctly rounded, hence monotone, elementwise operation applied alike to
+    every item of the row. The parameters only decide how many items share a bin with a good item
+    and must be compared exactly. ``work`` supplies the output buffers.
     """
-    keys = _descending_keys(scores)
+    inf = torch.tensor(float("inf"), device=scores.device)
+    low = torch.where(valid, good_scores, inf).amin(1, keepdim=True).double()
+    high = torch.where(valid, good_scores, -inf).amax(1, keepdim=True).double()
+    # Not narrower than ~2^-18 of the scores' magnitude, where float32 steps would merge bins anyway.
+    width = ((high - low) / bins).maximum(low.abs() * 2.0 ** -18).clamp(min=1e-30)
+    usable = torch.isfinite(low) & torch.isfinite(high) & torch.isfinite(width)
+    origin = torch.where(usable, low - 2.5 * width, torch.zeros_like(low)).float()
+    scale = torch.where(usable, 1 / width, torch.ones_like(width)).float()
+    position = torch.sub(scores, origin, out=work.view("position", *scores.shape))
+    position.mul_(scale).clamp_(1, bins + 3).nan_to_num_(nan=1.0)
     if junk is not None:
-        keys.masked_fill_(junk, _INT64_MIN)  # below every good key: never counted before one
-    positions = torch.arange(good_index.shape[1], device=scores.device)
-    padding = positions >= n_good[:, None]
-    thresholds = keys.gather(1, good_index).masked_fill_(padding, _INT64_MAX).sort(dim=1).values
-    bucket = torch.searchsorted(thresholds, keys)  # number of good keys below each gallery key
-    histogram = torch.zeros(keys.shape[0], thresholds.shape[1] + 1, dtype=torch.int64, device=keys.device)
-    histogram.scatter_add_(1, bucket, torch.ones(1, 1, dtype=torch.int64, device=keys.device).expand_as(bucket))
-    # thresholds[:, t] is ranked after exactly the items whose bucket is > t: its 0-based rank.
-    rank = histogram.flip(1).cumsum(1).flip(1)[:, 1:].double()
-    # Ascending position t holds the good item with n_good - 1 - t good items ranked before it.
-    before = (n_good[:, None] - 1 - positions).double()
-    precision = (before + 1) / (rank + 1)
-    old_precision = torch.where(rank > 0, before / rank.clamp(min=1), torch.ones_like(rank))
-    ap = ((old_precision + precision).masked_fill_(padding, 0).sum(1) / (2 * n_good.clamp(min=1)))
-    first = rank.gather(1, (n_good - 1).clamp(min=0)[:, None]).squeeze(1).long()
-    return first.masked_fill_(n_good == 0, -1), ap
+        position.masked_fill_(junk, 0)
+    item_bin = work.view("bin", *scores.shape).copy_(position)
+    first_bin = torch.arange(len(scores), dtype=torch.int32, device=scores.device) * (bins + 4)
+    return item_bin.add_(first_bin[:, None])
+
+
+class _Workspace:
+    """Flat buffers reused by every chunk, so that the large per-chunk arrays are allocated once."""
+
+    def __init__(self, pairs: int, device):
+        self.buffers = {"scores": torch.empty(pairs, device=device),
+                        "position": torch.empty(pairs, device=device),
+                        "bin": torch.empty(pairs, dtype=torch.int32, device=device),
+                        "shared": torch.empty(pairs, dtype=torch.bool, device=device)}
+
+    def view(self, name: str, *shape: int) -> torch.Tensor:
+        return self.buffers[name][:math.prod(shape)].view(shape)
+
+
+def _exact_counts(scores, rows, cols, good_keys) -> torch.Tensor:
+    """For each good key (C, M): how many of the items (rows, cols) rank strictly before it."""
+    per_row = torch.bincount(rows, minlength=len(scores))
+    width = max(int(per_row.max()), 1)
+    slot = torch.arange(len(rows), device=rows.device) - (per_row.cumsum(0) - per_row)[rows]
+    keys = torch.full((len(scores), width), _INT64_MIN, dtype=torch.int64, device=scores.device)
+    keys[rows, slot] = _descending_keys(scores[rows, cols], cols)
+    # Padding (INT64_MIN) sorts first and never counts: width - #keys <= good key = #keys above.
+    return width - torch.searchsorted(keys.sort(dim=1).values, good_keys, right=True)
+
+
+def _good_ranks(scores, good_index, valid, junk, bins, work) -> torch.Tensor:
+    """Ranks (C, M) of each query's good items, best first (padding: garbage, last).
+
+    A rank is the number of non-junk gallery items ranked before the good item: counted, not
+    sorted. Each score goes to a bin by a monotone map (:func:`_score_bins`), so an item in a
+    higher bin than a good item ranks before it and one in a lower bin after it; a histogram of
+    the bins counts those. The few items sharing a bin with a good item (the good items
+    themselves, ties, near ties) are compared exactly, by score and then gallery order.
+    """
+    num_rows, gallery_size = scores.shape
+    good_scores = scores.gather(1, good_index)
+    item_bin = _score_bins(scores, good_scores, valid, junk, bins, work)
+    first_bin = torch.arange(num_rows, device=scores.device)[:, None] * (bins + 4)
+    good_bin = torch.where(valid, item_bin.gather(1, good_index).long(), first_bin)
+    shared = torch.zeros(num_rows * (bins + 4), dtype=torch.bool, device=scores.device)
+    shared[good_bin.view(-1)] = True
+    shared[first_bin.view(-1)] = False  # junk
+    flat_bin = item_bin.view(-1)
+    flagged = torch.index_select(shared, 0, flat_bin, out=work.view("shared", len(flat_bin)))
+    exact = flagged.nonzero().squeeze(1)  # flat positions of the items to compare exactly
+    counts = torch.bincount(flat_bin, minlength=len(shared))
+    counts.index_put_((flat_bin[exact].long(),), torch.full_like(exact, -1), accumulate=True)
+    at_or_below = counts.cumsum(0)  # over the rows' bins in turn
+    higher = at_or_below[first_bin + bins + 3] - at_or_below[good_bin]  # in the row, above the bin
+    good_keys = _descending_keys(good_scores, good_index).masked_fill_(~valid, _INT64_MIN)
+    good_keys, order = good_keys.sort(dim=1, descending=True)  # best first, padding last
+    exact_before = _exact_counts(scores, exact // gallery_size, exact % gallery_size, good_keys)
+    return higher.gather(1, order) + exact_before
+
+
+def _chunk_metrics(good_rank, n_good) -> Tuple[torch.Tensor, np.ndarray]:
+    """First-good rank and AP of each query from its good items' ranks (best first, padding last).
+
+    Every AP term is computed with the reference's operations and summed in the reference's
+    order (``np.add.accumulate`` is a running sum), so that the AP is bitwise the reference's.
+    """
+    rank = good_rank.double()
+    i = torch.arange(rank.shape[1], dtype=torch.float64, device=rank.device).expand_as(rank)
+    good = n_good.clamp(min=1).double()[:, None]
+    precision = (i + 1) / (rank + 1)
+    old_precision = torch.where(rank != 0, i / rank.clamp(min=1), torch.ones_like(rank))
+    terms = (torch.ones_like(good) / good) * (old_precision + precision) / 2
+    terms.masked_fill_(i >= n_good[:, None], 0)  # adding 0.0 leaves a running sum unchanged
+    first = good_rank[:, 0].masked_fill(n_good == 0, -1)
+    return first, np.add.accumulate(terms.cpu().numpy(), axis=1)[:, -1]
 
 
 def retrieval_ranks(query_features, query_labels, gallery_features, gallery_labels,
                     chunk_size: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per query: the 0-based rank of its first good item after junk removal (-1 without any good
-    item; the query's CMC is 1 from there on) and its AP (float64, fraction, 0 without good item).
+    item; the query's CMC is 1 from there on; on the features' device) and its AP (float64 on the
+    CPU, fraction, 0 without good item).
 
     Features are (N, D) arrays or tensors, labels (N,) integers. The work is done on the device of
-    ``query_features`` in chunks of ``chunk_size`` queries (default: about 4M query-gallery pairs
+    ``query_features`` in chunks of ``chunk_size`` queries (default: about 16M query-gallery pairs
     per chunk); results do not depend on the chunk size.
     """
     query_features = torch.as_tensor(query_features)
@@ -126,21 +205,24 @@ def retrieval_ranks(query_features, query_labels, gallery_features, gallery_labe
     good_start = torch.searchsorted(sorted_labels, query_labels)
     n_good = torch.searchsorted(sorted_labels, query_labels, right=True) - good_start
     n_good.masked_fill_(query_labels == -1, 0)
-    if chunk_size is None:
-        chunk_size = max(1, _PAIRS_PER_CHUNK // gallery_size)
-
     # Padding every query to the same number of good items keeps results bitwise independent
     # of the chunk size.
     offsets = torch.arange(max(int(n_good.max()), 1), device=device)
+    bins = min(_MAX_BINS, _BINS_PER_GOOD * len(offsets))
+    chunk_size = min(chunk_size or max(1, _PAIRS_PER_CHUNK // gallery_size),
+                     len(query_labels), (2 ** 31 - 1) // (bins + 4))  # int32 bin numbers
+    work = _Workspace(chunk_size * gallery_size, device)
     first_ranks, aps = [], []
     for start in range(0, len(query_labels), chunk_size):
         rows = slice(start, start + chunk_size)
         good_index = by_label[(good_start[rows, None] + offsets).clamp(max=gallery_size - 1)]
-        scores = query_features[rows] @ gallery_features.T
-        first, ap = _chunk_ranks(scores, good_index, n_good[rows], junk)
+        query = query_features[rows]
+        scores = torch.mm(query, gallery_features.T, out=work.view("scores", len(query), gallery_size))
+        good_rank = _good_ranks(scores, good_index, offsets < n_good[rows, None], junk, bins, work)
+        first, ap = _chunk_metrics(good_rank, n_good[rows])
         first_ranks.append(first)
         aps.append(ap)
-    return torch.cat(first_ranks), torch.cat(aps)
+    return torch.cat(first_ranks), torch.from_numpy(np.concatenate(aps))
 
 
 def evaluate_retrieval(query_features, query_labels, gallery_features, gallery_labels,
@@ -152,9 +234,10 @@ def evaluate_retrieval(query_features, query_labels, gallery_features, gallery_l
     num_queries = len(first_rank)
     cutoffs = {f"recall@{k}": k - 1 for k in RECALL_AT}
     cutoffs["recall@top1"] = top1_percent_index(len(gallery_labels))
-    metrics = {name: 100.0 * int((matched & (first_rank <= last)).sum()) / num_queries
+    # The reference's arithmetic: CMC count / queries, then x 100; APs summed in query order.
+    metrics = {name: 100.0 * (int((matched & (first_rank <= last)).sum()) / num_queries)
                for name, last in cutoffs.items()}
-    metrics["ap"] = 100.0 * float(ap.sum()) / num_queries
+    metrics["ap"] = 100.0 * float(np.add.accumulate(ap.numpy())[-1]) / num_queries
     return metrics
 
 

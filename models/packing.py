@@ -188,8 +188,8 @@ def load_packed(path: PathLike, map_location="cpu", engine: str = "float") -> Tu
 
     ``engine="float"``: the training network, whose features equal those of the exported network
     exactly. ``engine="bitpacked"``: an inference-only CPU network whose binary convolutions run
-    on packed bits (:mod:`models.bitpacked`), with features equal up to float rounding; where
-    its C++ ops cannot be built it warns once and returns the float network. A file that is
+    on packed bits (:mod:`models.bitpacked`), with the same features bit for bit; where its C++
+    ops cannot be built it warns once and returns the float network. A file that is
     missing, truncated, foreign, of another format version, or whose weights do not fit the
     model it names is a :class:`UserError`, and so is a file that is not a BNext student with
     ``engine="bitpacked"``.

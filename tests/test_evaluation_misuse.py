@@ -161,3 +161,9 @@ def test_mat_export_stores_paths_that_are_not_utf8(run, tmp_path, university_roo
             "--export_mat")
     paths = [str(p).strip() for p in scipy.io.loadmat(copy / "pytorch_result.mat")["gallery_path"]]
     assert any(p.endswith("sat-\\xff.jpg") for p in paths)
+
+
+def test_train_folder_given_as_test_folder_gets_a_fitting_hint(capsys, run, university_root):
+    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
+                                   university_root / "train"], "a training folder, not a test folder",
+                          f"did you mean {university_root / 'test'}?")

@@ -133,3 +133,63 @@ def test_format_metrics_is_the_familiar_line():
     line = format_metrics({"recall@1": 89.644, "recall@5": 95.0, "recall@10": 96.5, "recall@top1": 97.0,
                            "ap": 91.3219})
     assert line == "Recall@1:89.64 Recall@5:95.00 Recall@10:96.50 Recall@top1:97.00 AP:91.32"
+
+
+def random_retrieval(seed, num_gallery, num_query, dim, levels, junk_share):
+    """Integer-grid features (exact scores, many ties), junk, classes of very different sizes and
+    queries without any good item."""
+    rng = np.random.default_rng(seed)
+    gallery = rng.integers(-levels, levels + 1, size=(num_gallery, dim)).astype(np.float32)
+    query = rng.integers(-levels, levels + 1, size=(num_query, dim)).astype(np.float32)
+    sizes = np.minimum(rng.zipf(1.6, size=num_gallery), 300)  # a few large classes, many small ones
+    gallery_labels = np.repeat(np.arange(num_gallery), sizes)[:num_gallery]
+    gallery_labels = rng.permutation(gallery_labels)
+    gallery_labels[rng.random(num_gallery) < junk_share] = -1
+    real = np.unique(gallery_labels[gallery_labels >= 0])
+    query_labels = np.where(rng.random(num_query) < 0.8, rng.choice(real, num_query), num_gallery + 1)
+    query_labels[:3] = -1
+    return query, query_labels, gallery, gallery_labels
+
+
+@pytest.mark.parametrize("seed, num_gallery, num_query, dim, levels, junk_share", [
+    (0, 2000, 100, 3, 1, 0.1),  # a few dozen distinct scores: nearly everything ties
+    (1, 3000, 80, 4, 2, 0.3),
+    (2, 2500, 120, 6, 3, 0.02),
+    (3, 1500, 60, 2, 5, 0.5),
+    (4, 4000, 50, 8, 7, 0.0),  # no junk at all
+])
+def test_identical_to_reference_at_larger_sizes(seed, num_gallery, num_query, dim, levels, junk_share):
+    query, query_labels, gallery, gallery_labels = random_retrieval(seed, num_gallery, num_query, dim, levels,
+                                                                    junk_share)
+    assert (~np.isin(query_labels, gallery_labels[gallery_labels >= 0])).any()
+    assert np.bincount(gallery_labels[gallery_labels >= 0]).max() >= 20  # many good items for some
+    reference = evaluate_retrieval_loop(query, query_labels, gallery, gallery_labels)
+    assert 0 < reference["ap"] < 100
+    # Bit for bit, not merely close: same ranks, same arithmetic, same summation order.
+    assert evaluate_retrieval(query, query_labels, gallery, gallery_labels) == reference
+    assert evaluate_retrieval(query, query_labels, gallery, gallery_labels, chunk_size=37) == reference
+
+
+def test_identical_to_reference_with_near_ties_and_non_finite_scores():
+    rng = np.random.default_rng(5)
+    # 1-d features with the query feature [1]: scores are the gallery values, on a grid of float32
+    # neighbours (near ties everywhere), plus +-inf and NaN, which NumPy's sort puts last.
+    values = 1000.0 + rng.integers(-40, 40, size=3000) * np.float32(2.0 ** -13)
+    values[rng.random(3000) < 0.02] = np.inf
+    values[rng.random(3000) < 0.02] = -np.inf
+    values[rng.random(3000) < 0.02] = np.nan
+    gallery = values.astype(np.float32)[:, None]
+    gallery_labels = rng.integers(-1, 12, size=3000)
+    query_labels = np.arange(-1, 14)
+    query = np.ones((len(query_labels), 1), np.float32)
+    reference = evaluate_retrieval_loop(query, query_labels, gallery, gallery_labels)
+    assert evaluate_retrieval(query, query_labels, gallery, gallery_labels) == reference
+
+
+def test_all_scores_equal_rank_in_gallery_order():
+    labels = np.array([3, -1, 1, 2, 1, -1, 3, 1, 0] * 50)
+    query, gallery = np.ones((4, 1), np.float32), np.full((len(labels), 1), 2.0, np.float32)
+    reference = evaluate_retrieval_loop(query, [0, 1, 2, 3], gallery, labels)
+    assert evaluate_retrieval(query, [0, 1, 2, 3], gallery, labels) == reference
+    first_rank, _ = retrieval_ranks(query, [0, 1, 2, 3], gallery, labels)
+    assert first_rank.tolist() == [6, 1, 2, 0]  # junk removed: positions 0, 2, 3, 4, ... shift

@@ -105,5 +105,6 @@ def test_evaluation_sets_the_precision_it_records(university_root, teacher_run, 
                           "--device", "cpu"]) == 0
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-    record = json.loads((teacher_run / "results.json").read_text())["university/Drone->Satellite"]
+    record, = [r for r in json.loads((teacher_run / "results.json").read_text()).values()
+               if (r["dataset"], r["direction"]) == ("university", "Drone->Satellite")]
     assert (record["device"], record["precision"]) == ("cpu", "fp32")

@@ -16,13 +16,19 @@ constexpr int kTilePixels = 24;
 constexpr int kTileChannels = 8;
 constexpr int kMaxTaps = 32;  // valid-tap masks are 32-bit (kernels up to 5x5)
 
-// Bias + sign + bit packing of channels-last rows (one row = one pixel's channels).
+// Pixels per packing block: the range the pack kernels split is (image, block of 16 pixels).
+constexpr int kPackPixels = 16;
+// Blocks packed together: each channel plane is read over the whole run before the bit transpose.
+constexpr int64_t kRunBlocks = 64;
+
+// Bias + sign + bit packing of NCHW planes into pixel-major words (a bit transpose).
 struct PackArgs {
-  const float* x;      // rows x channels
+  const float* x;      // (images, channels, plane)
   const float* bias;   // channels
-  uint64_t* bits;      // rows x words; bit c % 64 of word c / 64 is (x + bias >= 0)
+  uint64_t* bits;      // (images, plane, words); bit c % 64 of word c / 64 is (x + bias >= 0)
   int64_t channels;
   int64_t words;       // ceil(channels / 64); the unused high bits are zero
+  int64_t plane;       // pixels per image
 };
 
 // Binary convolution with zero padding, followed by the folded BN and PReLU.
@@ -30,10 +36,11 @@ struct ConvArgs {
   const uint64_t* act;         // (batch, height, width, words) packed activations
   const uint64_t* weight;      // (out_channels / 8, taps * words, 8): tap-major, then word
   const int32_t* weight_pop;   // (out_channels, taps): +1 weights of each tap
-  const float* scale;          // per output channel, multiplies the integer dot product
-  const float* shift;          // per output channel, added after the scale
+  const float* prescale;       // per output channel, multiplies the dot product first (ReCU's alpha)
+  const float* scale;          // per output channel: y = fma(dot * prescale, scale, shift)
+  const float* shift;
   const float* slope;          // per output channel, PReLU slope for negative values
-  float* out;                  // (batch, out_height, out_width, out_channels)
+  float* out;                  // (batch, out_channels, out_height, out_width)
   int64_t batch, height, width, words, channels;
   int64_t out_channels, out_height, out_width;
   int kernel, stride, pad;
@@ -46,7 +53,8 @@ struct ConvWork {
   int64_t chunk_channels;  // output channels per chunk, a multiple of kTileChannels
 };
 
-using PackFn = void (*)(const PackArgs&, int64_t row_begin, int64_t row_end);
+// Packs blocks [block_begin, block_end) of images x ceil(plane / kPackPixels) blocks.
+using PackFn = void (*)(const PackArgs&, int64_t block_begin, int64_t block_end);
 // `buffer` holds taps * words * kTilePixels words, 64-byte aligned.
 using ConvFn = void (*)(const ConvArgs&, const ConvWork&, uint64_t* buffer);
 // Runs the inner kernel `repeats` times on L1-resident data; returns a checksum.

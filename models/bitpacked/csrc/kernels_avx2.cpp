@@ -69,25 +69,53 @@ void micro_kernel(const uint64_t* buffer, const uint64_t* weight, int64_t k_word
   }
 }
 
-void pack(const PackArgs& a, int64_t row_begin, int64_t row_end) {
+// masks[h * 64 + cc]: signs of the run's h-th 8 pixels in channel w * 64 + cc, reading each
+// channel's plane sequentially over the run.
+void run_masks(const PackArgs& a, int64_t n, int64_t first, int64_t halves, int64_t w, uint8_t* masks) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const float* x = a.x + r * a.channels;
-    uint64_t* out = a.bits + r * a.words;
-    for (int64_t w = 0; w < a.words; ++w) {
-      uint64_t word = 0;
-      for (int q = 0; q < 8; ++q) {
-        const int64_t c = w * 64 + q * 8;
-        if (c >= a.channels) break;
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(a.channels - c)), lanes);
-        const __m256 v = _mm256_add_ps(_mm256_maskload_ps(x + c, m), _mm256_maskload_ps(a.bias + c, m));
-        const int bits = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_castsi256_ps(m)));
-        word |= static_cast<uint64_t>(bits) << (8 * q);
-      }
-      out[w] = word;
+  for (int cc = 0; cc < 64; ++cc) {
+    const int64_t c = w * 64 + cc;
+    if (c >= a.channels) {
+      for (int64_t h = 0; h < halves; ++h) masks[h * 64 + cc] = 0;
+      continue;
+    }
+    const float* row = a.x + (n * a.channels + c) * a.plane + first * kPackPixels;
+    const __m256 bias = _mm256_set1_ps(a.bias[c]);
+    for (int64_t h = 0; h < halves; ++h) {
+      const int64_t left = a.plane - first * kPackPixels - h * 8;
+      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(left < 8 ? static_cast<int>(left) : 8), lanes);
+      const __m256 v = _mm256_add_ps(_mm256_maskload_ps(row + h * 8, valid), bias);
+      const __m256 positive = _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_castsi256_ps(valid));
+      masks[h * 64 + cc] = static_cast<uint8_t>(_mm256_movemask_ps(positive));
     }
   }
+}
+
+// Pixel p's word is bit p of the 64 channel byte masks: shifted to the top of each byte, VPMOVMSKB
+// reads it from 32 channels at once.
+void pack(const PackArgs& a, int64_t block_begin, int64_t block_end) {
+  alignas(32) uint8_t masks[kRunBlocks * 2 * 64];
+  for_each_run(a, block_begin, block_end, [&](int64_t n, int64_t first, int64_t count) {
+    const int64_t pixels_in_run = a.plane - first * kPackPixels < count * kPackPixels
+                                      ? a.plane - first * kPackPixels : count * kPackPixels;
+    const int64_t halves = (pixels_in_run + 7) / 8;
+    for (int64_t w = 0; w < a.words; ++w) {
+      run_masks(a, n, first, halves, w, masks);
+      for (int64_t h = 0; h < halves; ++h) {
+        const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(masks + h * 64));
+        const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(masks + h * 64 + 32));
+        const int pixels = pixels_in_run - h * 8 < 8 ? static_cast<int>(pixels_in_run - h * 8) : 8;
+        uint64_t* out = a.bits + (n * a.plane + first * kPackPixels + h * 8) * a.words + w;
+        for (int p = 0; p < pixels; ++p) {
+          const __m128i shift = _mm_cvtsi32_si128(7 - p);
+          const uint32_t lo = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_sll_epi16(low, shift)));
+          const uint32_t hi = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_sll_epi16(high, shift)));
+          out[p * a.words] = lo | static_cast<uint64_t>(hi) << 32;
+        }
+      }
+    }
+  });
 }
 
 void conv(const ConvArgs& a, const ConvWork& work, uint64_t* buffer) { conv_items(a, work, buffer); }

@@ -28,15 +28,19 @@ void micro_kernel(const uint64_t* buffer, const uint64_t* weight, int64_t k_word
   }
 }
 
-void pack(const PackArgs& a, int64_t row_begin, int64_t row_end) {
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const float* x = a.x + r * a.channels;
-    uint64_t* out = a.bits + r * a.words;
-    for (int64_t w = 0; w < a.words; ++w) out[w] = 0;
+void pack(const PackArgs& a, int64_t block_begin, int64_t block_end) {
+  for_each_run(a, block_begin, block_end, [&](int64_t n, int64_t first, int64_t count) {
+    const int64_t p0 = first * kPackPixels;
+    const int64_t p1 = p0 + count * kPackPixels < a.plane ? p0 + count * kPackPixels : a.plane;
+    uint64_t* out = a.bits + n * a.plane * a.words;
+    for (int64_t i = p0 * a.words; i < p1 * a.words; ++i) out[i] = 0;
     for (int64_t c = 0; c < a.channels; ++c) {
-      if (x[c] + a.bias[c] >= 0.0f) out[c / 64] |= 1ULL << (c % 64);
+      const float* row = a.x + (n * a.channels + c) * a.plane;
+      for (int64_t p = p0; p < p1; ++p) {
+        if (row[p] + a.bias[c] >= 0.0f) out[p * a.words + c / 64] |= 1ULL << (c % 64);
+      }
     }
-  }
+  });
 }
 
 void conv(const ConvArgs& a, const ConvWork& work, uint64_t* buffer) { conv_items(a, work, buffer); }

@@ -83,15 +83,16 @@ void check_vector(const at::Tensor& t, int64_t n, const char* what) {
 at::Tensor pack(const at::Tensor& x, const at::Tensor& bias) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "pack: x must be a 4-d float CPU tensor");
-  const at::Tensor input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor input = x.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), words = words_for(c);
   check_vector(bias, c, "pack: bias");
   at::Tensor bits = at::empty({n, h, w, words}, x.options().dtype(at::kLong));
   const PackArgs args{input.data_ptr<float>(), bias.data_ptr<float>(),
-                      reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), c, words};
+                      reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), c, words, h * w};
   const PackFn fn = active().pack;
-  const int64_t grain = c >= 16384 ? 1 : 16384 / c;
-  at::parallel_for(0, n * h * w, grain, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+  const int64_t blocks = n * ((h * w + kPackPixels - 1) / kPackPixels);
+  const int64_t grain = c >= 1024 ? 1 : 1024 / c;  // about 16K values per chunk
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
   return bits;
 }
 
@@ -122,23 +123,24 @@ void check_conv_inputs(const at::Tensor& bits, const at::Tensor& weight, const a
               "conv: weight does not match bits and weight_pop (use pack_weight)");
 }
 
-// Binary conv (zero padding kernel // 2) of packed bits, then PReLU(scale * dot + shift):
-// a (N, O, Ho, Wo) float map in channels-last memory.
+// Binary conv (zero padding kernel // 2) of packed bits, then PReLU(fma(dot * prescale, scale, shift)):
+// a contiguous (N, O, Ho, Wo) float map.
 at::Tensor conv(const at::Tensor& bits, const at::Tensor& weight, const at::Tensor& weight_pop,
-                const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& slope,
-                int64_t channels, int64_t kernel, int64_t stride) {
+                const at::Tensor& prescale, const at::Tensor& scale, const at::Tensor& shift,
+                const at::Tensor& slope, int64_t channels, int64_t kernel, int64_t stride) {
   check_conv_inputs(bits, weight, weight_pop, channels, kernel, stride);
   const int64_t out_channels = weight_pop.size(0);
+  check_vector(prescale, out_channels, "conv: prescale");
   check_vector(scale, out_channels, "conv: scale");
   check_vector(shift, out_channels, "conv: shift");
   check_vector(slope, out_channels, "conv: slope");
   const int64_t n = bits.size(0), h = bits.size(1), w = bits.size(2), pad = kernel / 2;
   const int64_t ho = (h + 2 * pad - kernel) / stride + 1, wo = (w + 2 * pad - kernel) / stride + 1;
-  at::Tensor out = at::empty({n, out_channels, ho, wo},
-                             bits.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = at::empty({n, out_channels, ho, wo}, bits.options().dtype(at::kFloat));
   const ConvArgs args{reinterpret_cast<const uint64_t*>(bits.data_ptr<int64_t>()),
                       reinterpret_cast<const uint64_t*>(weight.data_ptr<int64_t>()),
-                      weight_pop.data_ptr<int32_t>(), scale.data_ptr<float>(), shift.data_ptr<float>(),
+                      weight_pop.data_ptr<int32_t>(), prescale.data_ptr<float>(), scale.data_ptr<float>(),
+                      shift.data_ptr<float>(),
                       slope.data_ptr<float>(), out.data_ptr<float>(), n, h, w, bits.size(3), channels,
                       out_channels, ho, wo, static_cast<int>(kernel), static_cast<int>(stride),
                       static_cast<int>(pad)};
@@ -161,17 +163,18 @@ int32_t popcount_words(const uint64_t* words, int64_t n) {
 }
 
 // +-1 weights (O, C, k, k) -> (packed (ceil(O/8), k*k*words, 8) int64, +1 count per tap (O, k*k) int32),
-// in the layout the conv kernels stream: eight output channels interleaved per word.
+// in the layout the conv kernels stream: eight output channels interleaved per word. Packing the
+// weight as an NCHW map of O images with k*k pixels gives its words tap-major, as the gather's.
 std::tuple<at::Tensor, at::Tensor> pack_weight(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3) && weight.scalar_type() == at::kFloat,
               "pack_weight: weight must be a float (O, C, k, k) tensor");
   const int64_t out_channels = weight.size(0), channels = weight.size(1), taps = weight.size(2) * weight.size(3);
   const int64_t words = words_for(channels), k_words = taps * words;
-  const at::Tensor rows = weight.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor signs = weight.contiguous();
   const at::Tensor zero = at::zeros({channels}, weight.options());
   std::vector<uint64_t> bits(out_channels * k_words);
-  isa_portable().pack(PackArgs{rows.data_ptr<float>(), zero.data_ptr<float>(), bits.data(), channels, words}, 0,
-                      out_channels * taps);
+  const PackArgs args{signs.data_ptr<float>(), zero.data_ptr<float>(), bits.data(), channels, words, taps};
+  isa_portable().pack(args, 0, out_channels * ((taps + kPackPixels - 1) / kPackPixels));
   const int64_t tiles = (out_channels + kTileChannels - 1) / kTileChannels;
   at::Tensor packed = at::zeros({tiles, k_words, kTileChannels}, weight.options().dtype(at::kLong));
   at::Tensor pop = at::empty({out_channels, taps}, weight.options().dtype(at::kInt));
@@ -197,8 +200,9 @@ double peak(int64_t repeats) {
     at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
       AlignedWords buffer(kWords * kTilePixels), weight(kWords * kTileChannels);
       uint64_t state = 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(begin + 1);
-      for (int64_t i = 0; i < kWords * kTilePixels; ++i) buffer.data()[i] = state = state * 6364136223846793005ULL + 1;
-      for (int64_t i = 0; i < kWords * kTileChannels; ++i) weight.data()[i] = state = state * 6364136223846793005ULL + 1;
+      auto next = [&state] { return state = state * 6364136223846793005ULL + 1; };  // any bits will do
+      for (int64_t i = 0; i < kWords * kTilePixels; ++i) buffer.data()[i] = next();
+      for (int64_t i = 0; i < kWords * kTileChannels; ++i) weight.data()[i] = next();
       for (int64_t t = begin; t < end; ++t) sums[t] = fn(times, buffer.data(), weight.data(), kWords);
     });
   };
