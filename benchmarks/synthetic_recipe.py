@@ -16,22 +16,23 @@ R@1 and AP in both directions; a second table gives each variant's difference fr
 and marks it where it exceeds the spread, i.e. |Δmean| > the larger of the two standard deviations.
 ``--json FILE`` writes the settings, every seed's metrics, the summaries and the time of every run.
 
-The defaults are sized to run in the background on the shared 2-core machine in about 40 minutes:
+The defaults are sized to run in the background on the shared 2-core machine in under 40 minutes:
 40 train / 100 test / 10 distractor places with 8 drone images each, the demo's short-run
-settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (6 epochs × 3 draws per
+settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (6 epochs × 2 draws per
 class instead of 8 × 4), evaluation without flip TTA (``--flip`` doubles its time), and one torch
-thread per process (``--threads``). ``--smoke`` is a tiny configuration that checks the whole path
-end to end (its runs are dominated by fixed start-up costs: about 2 minutes per student run).
+thread per process (``--threads``). ``--smoke`` is a tiny configuration (about 3 minutes) that
+checks the whole path end to end.
 
     nohup python -m benchmarks.synthetic_recipe --json demo_runs/recipe.json > demo_runs/recipe.log 2>&1 &
-    python -m benchmarks.synthetic_recipe --smoke --out /tmp/recipe_smoke
+    python -m benchmarks.synthetic_recipe --smoke
 
-Finished runs are kept under ``--out`` and reused, so an interrupted call resumes and a finished one
-only re-prints the tables; ``--out`` remembers its settings and refuses other ones. Seeds are
-independent: on an idle machine two processes with the same ``--out`` and different ``--seeds``
-(e.g. ``--seeds 1 2``, and ``--seeds 3`` once the first has generated the data) run side by side,
-and a last call with all seeds prints the tables. ``--data_dir`` evaluates on an existing
-University-1652-layout dataset instead of generating one.
+Finished runs are kept under ``--out`` and reused, so an interrupted call goes on from its first
+unfinished run (which starts over) and a finished one only re-prints the tables; ``--out``
+remembers its settings and refuses other ones. Seeds are independent: on an idle machine two
+processes with the same ``--out`` and different ``--seeds`` (e.g. ``--seeds 1 2``, and ``--seeds 3``
+once the first has generated the data) run side by side, and a last call with all seeds prints the
+tables. ``--data_dir`` evaluates on an existing University-1652-layout dataset instead of
+generating one.
 """
 import argparse
 import json
@@ -58,7 +59,9 @@ SETTINGS = ("data_dir", "train_places", "test_places", "distractor_places", "dro
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_runs/synthetic_recipe", help="data and runs go here")
+    parser.add_argument("--out", default=None,
+                        help="data and runs go here (default: demo_runs/synthetic_recipe, with --smoke "
+                             "demo_runs/synthetic_recipe_smoke)")
     parser.add_argument("--data_dir", default=None,
                         help="existing University-1652-layout dataset root (default: generate one under --out)")
     parser.add_argument("--train_places", type=int, default=40, help="generated training places")
@@ -69,7 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the generated data (fixed across runs)")
     parser.add_argument("--size", type=int, default=64, help="training and test input size")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of every run")
-    parser.add_argument("--sample_num", type=int, default=3, help="draws of each class per epoch")
+    parser.add_argument("--sample_num", type=int, default=2, help="draws of each class per epoch")
     parser.add_argument("--lr", type=float, default=0.001, help="learning rate of every run")
     parser.add_argument("--teacher", default="mccg_convnext_atto", help="teacher model")
     parser.add_argument("--flip", action="store_true",
@@ -79,10 +82,11 @@ def parse_args(argv=None):
                         help="only these variants (default: all; the teacher trains whenever a variant distils)")
     parser.add_argument("--num_workers", type=int, default=0,
                         help="data-loading processes of train.py and test.py (0: in the main process, which "
-                             "avoids the per-epoch worker start-up stalls of short CPU runs)")
+                             "keeps each run on one core; the trial timings were measured so)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each train.py / test.py process (OMP_NUM_THREADS; 0: torch's "
-                             "default). On a shared 2-core machine one thread was 30x faster than two")
+                             "default). With other jobs on the 2-core machine, teacher training ran at 38 "
+                             "pairs/s with one thread and 1.2 pairs/s with two")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write everything as JSON here")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny end-to-end check: " + ", ".join(f"{k} {v}" for k, v in SMOKE.items()))
@@ -90,6 +94,7 @@ def parse_args(argv=None):
     if opts.smoke:
         for key, value in SMOKE.items():
             setattr(opts, key, value)
+    opts.out = opts.out or ("demo_runs/synthetic_recipe_smoke" if opts.smoke else "demo_runs/synthetic_recipe")
     return opts
 
 
@@ -177,17 +182,18 @@ def prepare(opts, out: Path) -> Path:
 
 
 def summarize(per_seed: list) -> dict:
-    """Mean and sample standard deviation over seeds of every metric (std 0 for a single seed)."""
+    """Mean and sample standard deviation (n - 1) over seeds of every metric (std None for one seed)."""
     summary = {}
     for _, short, metric, _ in COLUMNS:
         values = [seed["metrics"][short][metric] for seed in per_seed]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        std = statistics.stdev(values) if len(values) > 1 else None
         summary[f"{short} {metric}"] = {"mean": statistics.mean(values), "std": std}
     return summary
 
 
 def differences(summaries: dict) -> dict:
-    """Each variant minus the full recipe, per metric, and whether it exceeds the larger std."""
+    """Each variant minus the full recipe, per metric, and whether |Δ| exceeds the larger std
+    (None with a single seed, which has no spread to judge by)."""
     if REFERENCE not in summaries:
         return {}
     reference, table = summaries[REFERENCE], {}
@@ -196,35 +202,42 @@ def differences(summaries: dict) -> dict:
             continue
         table[name] = {}
         for key, value in summary.items():
-            delta = value["mean"] - reference[key]["mean"]
-            spread = max(value["std"], reference[key]["std"])
-            table[name][key] = {"delta": delta, "spread": spread, "exceeds": abs(delta) > spread}
+            delta = round(value["mean"] - reference[key]["mean"], 9) + 0.0  # no -0.00
+            stds = (value["std"], reference[key]["std"])
+            spread = None if None in stds else max(stds)
+            table[name][key] = {"delta": delta, "spread": spread,
+                                "exceeds": None if spread is None else abs(delta) > spread}
     return table
+
+
+def mean_std(value: dict) -> str:
+    return f"{value['mean']:.2f}" + ("" if value["std"] is None else f" ± {value['std']:.2f}")
 
 
 def markdown(opts, labels: dict, summaries: dict, deltas: dict, data_note: str) -> str:
     header = "| run | " + " | ".join(f"{short} {label}" for _, short, _, label in COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(COLUMNS)
+    spread = (f"mean ± standard deviation over the {len(opts.seeds)} seeds" if len(opts.seeds) > 1
+              else "one seed: no standard deviation, so no difference is judged")
     lines = [f"Synthetic University-1652 layout ({data_note}), {opts.size}×{opts.size}, {opts.epochs} epochs × "
-             f"{opts.sample_num} draws per class, lr {opts.lr}, seeds {' '.join(map(str, opts.seeds))}; "
-             f"mean ± standard deviation over the {len(opts.seeds)} seeds", "", header, rule]
+             f"{opts.sample_num} draws per class, lr {opts.lr}, seeds {' '.join(map(str, opts.seeds))}; {spread}",
+             "", header, rule]
     for name, summary in summaries.items():
-        cells = [f"{summary[f'{short} {metric}']['mean']:.2f} ± {summary[f'{short} {metric}']['std']:.2f}"
-                 for _, short, metric, _ in COLUMNS]
+        cells = [mean_std(summary[f"{short} {metric}"]) for _, short, metric, _ in COLUMNS]
         lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
-    if deltas:
-        lines += ["", "Difference from the full recipe (variant − full); **bold**: |Δmean| exceeds the larger of "
-                  "the two standard deviations, otherwise it is within the seed-to-seed spread.", "", header, rule]
-        beyond = []
-        for name, row in deltas.items():
-            cells = []
-            for _, short, metric, label in COLUMNS:
-                cell = row[f"{short} {metric}"]
-                text = f"{cell['delta']:+.2f}"
-                cells.append(f"**{text}**" if cell["exceeds"] else text)
-                if cell["exceeds"]:
-                    beyond.append(f"{labels[name]}: {short} {label} {text}")
-            lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+    if not deltas:
+        return "\n".join(lines)
+    lines += ["", "Difference from the full recipe (variant − full); **bold**: |Δmean| exceeds the larger of the "
+              "two standard deviations, otherwise it is within the seed-to-seed spread.", "", header, rule]
+    beyond = []
+    for name, row in deltas.items():
+        cells = [f"{row[f'{short} {metric}']['delta']:+.2f}" for _, short, metric, _ in COLUMNS]
+        exceeds = [row[f"{short} {metric}"]["exceeds"] for _, short, metric, _ in COLUMNS]
+        lines.append(f"| {labels[name]} | " + " | ".join(f"**{c}**" if e else c for c, e in zip(cells, exceeds)) + " |")
+        judged = [f"{short} {label} {cell}" for (_, short, _, label), cell, e in zip(COLUMNS, cells, exceeds) if e]
+        if judged:
+            beyond.append(f"{labels[name]}: " + ", ".join(judged))
+    if len(opts.seeds) > 1:
         lines += ["", "Beyond the spread: " + ("; ".join(beyond) if beyond else "none") + "."]
     return "\n".join(lines)
 
@@ -259,7 +272,7 @@ def main(argv=None):
     print("\n" + markdown(opts, labels, summaries, deltas, note))
     timings = [run["timing"] for runs in per_seed.values() for run in runs]
     total = sum(t["train_s"] + t["test_s"] for t in timings)
-    print(f"\n{len(timings)} runs; training + evaluation took {total / 60:.1f} min in all (as first run), "
+    print(f"\n{len(timings)} runs; training and evaluating them took {total / 60:.1f} min (when they ran), "
           f"this call {(time.perf_counter() - start) / 60:.1f} min")
     if opts.json:
         report = {"settings": {key: getattr(opts, key) for key in SETTINGS} | {"seeds": opts.seeds},

@@ -335,6 +335,13 @@ class Trainer(CheckpointMixin):
         if self.binary_convs:
             exact, total = count_exact_binary(self.model)
             row["binary_exact"] = f"{exact}/{total}"
+        if self.scaler.is_enabled():
+            row["loss_scale"] = self.scaler.get_scale()
+            if means["skipped_steps"] and "total" not in means:
+                self.logger.warning(
+                    "epoch %d: the float16 loss scaler skipped all %d steps (gradient overflow), so the weights "
+                    "did not change; it halves its scale (now %g) at each skip, which takes up to ~16 steps at "
+                    "the start of an AMP run", epoch + 1, means["skipped_steps"], row["loss_scale"])
         row["seconds"] = round(time.time() - start, 2)
         row.update(learning_rates)
         self.history.append(row)

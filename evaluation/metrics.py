@@ -211,6 +211,7 @@ def retrieval_ranks(query_features, query_labels, gallery_features, gallery_labe
     bins = min(_MAX_BINS, _BINS_PER_GOOD * len(offsets))
     chunk_size = min(chunk_size or max(1, _PAIRS_PER_CHUNK // gallery_size),
                      len(query_labels), (2 ** 31 - 1) // (bins + 4))  # int32 bin numbers
+    chunk_size = -(-len(query_labels) // -(-len(query_labels) // chunk_size))  # as many, but equal, chunks
     work = _Workspace(chunk_size * gallery_size, device)
     first_ranks, aps = [], []
     for start in range(0, len(query_labels), chunk_size):

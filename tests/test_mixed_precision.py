@@ -87,6 +87,17 @@ def test_enabled_scaler_trains_through_all_phases_with_distillation_and_resumes_
     assert all(torch.equal(full[k], split[k]) for k in full)
 
 
+def test_an_epoch_whose_every_step_overflows_says_so_and_records_the_scale(university_root, tmp_path, monkeypatch):
+    # 8 · 2^127 overflows float32 itself, as float16 gradients overflow at the default 2^16 on a GPU.
+    monkeypatch.setattr(trainer, "grad_scaler",
+                        lambda device, enabled: torch.amp.GradScaler("cpu", init_scale=2.0 ** 127))
+    assert train.main(base_args(university_root, tmp_path, "overflow", "--epochs", "1", "--bigradual_n1", "0",
+                                "--bigradual_n2", "0")) == 0
+    steps = 6 // 3  # 6 training classes, batch 3
+    assert losses(tmp_path / "overflow", "loss_scale") == pytest.approx([2.0 ** (127 - steps)], rel=1e-5)  # halved per skip
+    assert f"the float16 loss scaler skipped all {steps} steps" in (tmp_path / "overflow" / "train.log").read_text()
+
+
 def test_configure_precision_sets_the_flags_behind_its_label():
     cuda = torch.device("cuda")  # only the label logic; nothing runs on it
     assert configure_precision(cuda, amp=False, tf32=True) == "tf32"
