@@ -18,13 +18,16 @@ and the flags given explicitly.
 import argparse
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Dict, Tuple
 
 from datasets import BAD_IMAGE_MODES, DATASETS, SUES_ALTITUDES
+from datasets.pairs import VIEWS
 from engine.distributed import barrier, init_distributed, shutdown
-from engine.options import (PROGRESS_CHOICES, RECIPE_DEFAULTS, RESUME_OVERRIDES, apply_recipe_defaults, given_flags,
-                            merge_saved_opts, recipe_of, run_options, validate)
+from engine.options import (PRESETS, PROGRESS_CHOICES, RECIPE_DEFAULTS, RESUME_OVERRIDES, apply_recipe_defaults, given_flags,
+                            merge_saved_opts, recipe_of, run_options, start_warnings, validate)
+from engine.original_flags import check_original_flags, dataset_name, optimizer_name
 from engine.run_dir import RunClaim, save_opts
 from engine.stop_signals import stop_on_signals
 from engine.trainer import Trainer
@@ -32,8 +35,9 @@ from engine.training_log import attach_log_file, setup_logger
 from losses import KD_MODES
 from models import list_models
 from models.bnext import BINARIZERS
-from models.mccg import BLOCKS, HEAD_INPUTS
+from models.mccg import BLOCKS, CLASSBLOCK_BN_INITS, HEAD_INPUTS
 from optim.factory import OPTIMIZER_CHOICES
+from optim.unfreeze import FROZEN_BN_CHOICES
 from utils.device import DEVICE_CHOICES, resolve_device
 from utils.errors import exit_on_user_error
 from utils.files import remove_temporaries
@@ -74,7 +78,9 @@ def _add_run_flags(run) -> None:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory <name>")
     run.add_argument("--seed", type=int, default=1, help="random seed (CPU runs are bit-reproducible)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
-    run.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA")
+    run.add_argument("--amp", "--fp16", "--autocast", dest="amp", action="store_true",
+                     help="mixed precision (float16 autocast + GradScaler) on CUDA; --fp16 and --autocast are the "
+                          "original scripts' names for it")
     run.add_argument("--tf32", action="store_true",
                      help="let CUDA float32 convolutions and matrix products use TF32 instead of IEEE float32")
     run.add_argument("--save_every", type=int, default=0,
@@ -94,17 +100,24 @@ def _add_data_flags(data) -> None:
     """The training set and its augmentations."""
     data.add_argument("--data_dir", default="data/University-1652/train",
                       help="training folder: University-1652/train, or SUES-200/train (with --altitude)")
-    data.add_argument("--dataset", default="university", choices=DATASETS, help="dataset layout")
+    data.add_argument("--dataset", default="university", type=dataset_name, choices=DATASETS,
+                      help="dataset layout (the released scripts' 'sue' is accepted for sues)")
     data.add_argument("--altitude", type=int, default=None, choices=SUES_ALTITUDES,
                       help="SUES-200 altitude subfolder of --data_dir")
     data.add_argument("--h", type=int, default=256, help="input height")
     data.add_argument("--w", type=int, default=256, help="input width")
     data.add_argument("--batchsize", type=int, default=8, help="classes per step (per process under torchrun)")
+    data.add_argument("--views", type=int, default=2, choices=sorted(VIEWS),
+                      help="views per training item: 2 = satellite + drone (the paper's setting); 3 adds a "
+                           "street image (University-1652 only), as MCCG's --views 3")
+    data.add_argument("--extra_Google", action="store_true",
+                      help="with --views 3: draw street images from train/google/ too (noisier; MCCG's flag)")
     data.add_argument("--sample_num", type=int, default=1, help="times each class is drawn per epoch")
     data.add_argument("--erasing_p", type=float, default=0.5, help="RandomErasing probability on drone images")
     data.add_argument("--color_jitter", action="store_true", help="add ColorJitter(0.1, 0.1, 0.1)")
-    data.add_argument("--DA", action=argparse.BooleanOptionalAction, default=True,
-                      help="AutoAugment (ImageNet policy) on drone images")
+    data.add_argument("--autoaugment", dest="DA", action=argparse.BooleanOptionalAction, default=True,
+                      help="AutoAugment (ImageNet policy) on drone and street images (the original scripts' --DA, "
+                           "whose meaning differs between them, is refused)")
     data.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                       help="data-loading processes; by default min(8, CPU cores)")
     data.add_argument("--on_bad_image", default="error", choices=BAD_IMAGE_MODES,
@@ -119,6 +132,9 @@ def _add_model_flags(model) -> None:
                        help="attention branches of the MCCG head (2 ⇒ 3 classifiers)")
     model.add_argument("--head_input", default="spatial", choices=HEAD_INPUTS,
                        help="feed the head the feature map (spatial) or the released code's pooled 1×1 map")
+    model.add_argument("--classblock_bn_init", default="constant", choices=CLASSBLOCK_BN_INITS,
+                       help="initial BatchNorm scale of the head's bottlenecks: constant 1 (MCCG and the released "
+                            "code) or normal N(1, 0.02) (the University-1652 baseline)")
     model.add_argument("--binarizer", default="bnext", choices=BINARIZERS, help="binary weight quantizer")
     model.add_argument("--temperature", type=float, default=0.0,
                        help="initial BNext weight temperature (0: binary from the start; 1: real-valued)")
@@ -130,11 +146,17 @@ def _add_model_flags(model) -> None:
 
 def _add_optimization_flags(recipe) -> None:
     """Optimizers, schedules, bi-gradual unfreezing and the triplet margin."""
-    recipe.add_argument("--optimizer", default="adamlion", choices=OPTIMIZER_CHOICES,
+    recipe.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                        help="student recipe: paper (this project's reading of the paper) or release (what the "
+                             "released scripts ran: " + " ".join(_flag_text(k, v) for k, v in PRESETS["release"].items())
+                             + "); flags given explicitly win")
+    recipe.add_argument("--optimizer", default="adamlion", type=optimizer_name, choices=OPTIMIZER_CHOICES,
                         help="adamlion/adamwlion: Lion for binary weights, Adam(W) for the rest; "
                              "sgd: teacher recipe; adam/lion: one optimizer for everything")
     recipe.add_argument("--lr", type=float, default=0.006, help="learning rate of Adam/AdamW/SGD")
     recipe.add_argument("--lion_lr_ratio", type=float, default=1 / 6, help="Lion lr = lr × this")
+    recipe.add_argument("--lion_schedule_start", type=int, default=0,
+                        help="Lion's lr schedule steps only after this many epochs (the released code: 31)")
     recipe.add_argument("--weight_decay", type=float, default=None,
                         help="weight decay; None: 5e-4 for sgd, 0.01 for adamwlion, 0 otherwise")
     recipe.add_argument("--backbone_lr_scale", type=float, default=0.3, help="sgd: backbone lr = lr × this")
@@ -146,12 +168,18 @@ def _add_optimization_flags(recipe) -> None:
                              "train too (epoch N+1 is the first with them)")
     recipe.add_argument("--bigradual_n2", type=int, default=20,
                         help="epochs before the binary weights train too (>= --bigradual_n1)")
+    recipe.add_argument("--frozen_bn", default="update", choices=FROZEN_BN_CHOICES,
+                        help="BatchNorm layers whose parameters are frozen (phase 1: the backbone's) keep updating "
+                             "their running statistics (update), or stay as loaded (freeze)")
     recipe.add_argument("--triplet_loss", type=float, default=0.3, help="triplet margin (0 disables the triplet loss)")
 
 
 def _add_distillation_flags(kd) -> None:
     """The teacher and the distillation loss."""
     kd.add_argument("--teacher_path", default=None, help="teacher run directory or checkpoint (enables distillation)")
+    kd.add_argument("--allow_fewer_teacher_views", action="store_true",
+                    help="distil a --views 3 student from a teacher trained on 2 views (refused otherwise: its "
+                         "classifiers never saw street images)")
     kd.add_argument("--kd_weight", type=float, default=2.0, help="weight of the distillation loss")
     kd.add_argument("--kd_temperature", type=float, default=4.0, help="softmax temperature of KL distillation")
     kd.add_argument("--kd_mode", default="kl", choices=KD_MODES,
@@ -167,6 +195,8 @@ def parse_command(argv=None) -> Tuple[argparse.Namespace, set, Dict[str, object]
     """``(args, given, recipe_values)``: the checked flags, the names of those given on the command
     line, and the recipe defaults put in for the others. A new run takes its model's recipe
     defaults; --resume takes the run's saved flags."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    check_original_flags(argv)
     parser = get_args_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, args, argv)
@@ -189,15 +219,19 @@ def main(argv=None) -> int:
             claim.lock()
         logger = setup_logger(ctx.is_main)
         if applied:
-            logger.info("%s recipe defaults for %s: %s (flags given on the command line keep their values)",
-                        recipe_of(args.model), args.model, " ".join(_flag_text(k, v) for k, v in applied.items()))
+            preset = f" (--preset {args.preset})" if recipe_of(args.model) == "student" and args.preset != "paper" else ""
+            logger.info("%s recipe%s defaults for %s: %s (flags given on the command line keep their values)",
+                        recipe_of(args.model), preset, args.model, " ".join(_flag_text(k, v) for k, v in applied.items()))
+        warnings_text = [] if args.resume else start_warnings(args)
+        for text in warnings_text:
+            logger.warning("%s", text)
         # Everything that can refuse the run (data, model, teacher, input size, the checkpoint to
         # resume) is checked before the run folder is touched.
         trainer = Trainer(args, ctx, Path(args.checkpoint_dir) / args.name, logger)
         if args.resume:
             trainer.restore()
         if claim is not None:
-            start_run_files(claim, trainer, args, given, logger)
+            start_run_files(claim, trainer, args, given, logger, warnings_text)
         barrier(ctx)
         with stop_on_signals(trainer):
             trainer.fit()
@@ -219,14 +253,15 @@ def _flag_text(flag: str, value) -> str:
     return f"--{flag} {_value_text(value)}"
 
 
-def start_run_files(claim: RunClaim, trainer: Trainer, args, given: set, logger) -> None:
-    """Create (or reopen) the run folder and its log; a new run records its options."""
+def start_run_files(claim: RunClaim, trainer: Trainer, args, given: set, logger, warnings_text) -> None:
+    """Create (or reopen) the run folder and its log; a new run records its options and the
+    warnings it started with."""
     run_dir = claim.create()
     attach_log_file(run_dir)
     for path in remove_temporaries(run_dir):
         logger.warning("removed %s, left by a write that was killed before it completed", path)
     if not args.resume:
-        save_opts(run_dir, run_options(args, trainer.num_classes, given))
+        save_opts(run_dir, {**run_options(args, trainer.num_classes, given), "warnings": warnings_text})
     trainer.after_checkpoint = claim.commit
 
 

@@ -62,9 +62,9 @@ def measure(model: str, data_dir: str, run_dir: Path, opts) -> dict:
     waits, computes = [], []
     for step in range(opts.warmup + opts.steps):
         start = time.perf_counter()
-        satellite, drone, labels = next(loader)
+        *views, labels = next(loader)
         fetched = time.perf_counter()
-        trainer.train_step(satellite, drone, labels, stats, 0, step)
+        trainer.train_step(views, labels, stats, 0, step)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)
         done = time.perf_counter()

@@ -130,6 +130,10 @@ def dataset_split_dir(data_dir, dataset: str, altitude, expected: str) -> Path:
     if not str(altitude).isdigit():
         raise ValueError(f"altitude={altitude!r}: SUES-200 needs a flight altitude in metres; "
                          f"altitude folders in {data_dir}: {listing}")
+    if str(altitude) not in available and data_dir.name in map(str, SUES_ALTITUDES):
+        raise UserError(f"{data_dir} is already the folder of altitude {data_dir.name}; pass its parent "
+                        f"({data_dir.parent}) with the altitude given separately (SUES-200 keeps one folder "
+                        f"per altitude under train/ and test/)")
     if str(altitude) not in available:
         raise UserError(f"no folder {data_dir / str(altitude)} for altitude {altitude}; "
                         f"altitude folders in {data_dir}: {listing}{_suggestion(data_dir / str(altitude))}")

@@ -24,10 +24,12 @@ def _to_normalized_tensor(color_jitter: bool) -> list:
 
 def build_train_transforms(h: int, w: int, erasing_p: float = 0.0, color_jitter: bool = False,
                            DA: bool = False) -> Dict[str, T.Compose]:
-    """``{'satellite': ..., 'drone': ...}`` PIL -> normalized tensor (3, h, w) pipelines.
+    """``{'satellite': ..., 'drone': ..., 'street': ...}`` PIL -> normalized tensor (3, h, w) pipelines.
 
-    ``DA`` adds AutoAugment (ImageNet policy) to drone images; ``erasing_p`` is the drone
-    RandomErasing probability; ``color_jitter`` adds ColorJitter(0.1, 0.1, 0.1) to both views.
+    Street (and google) images take the drone pipeline, as in MCCG: they are ground or oblique
+    photos with the same nuisances. ``DA`` adds AutoAugment (ImageNet policy) to them;
+    ``erasing_p`` is their RandomErasing probability; ``color_jitter`` adds ColorJitter(0.1, 0.1,
+    0.1) to every view.
     """
     drone = [T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)] if DA else []
     drone += [_resize(h, w), T.Pad(PAD, padding_mode="edge"), T.RandomCrop((h, w)),
@@ -37,7 +39,8 @@ def build_train_transforms(h: int, w: int, erasing_p: float = 0.0, color_jitter:
     satellite = [_resize(h, w), T.Pad(PAD, padding_mode="edge"), T.RandomAffine(90), T.RandomCrop((h, w)),
                  T.RandomHorizontalFlip()]
     satellite += _to_normalized_tensor(color_jitter)
-    return {"satellite": T.Compose(satellite), "drone": T.Compose(drone)}
+    drone = T.Compose(drone)
+    return {"satellite": T.Compose(satellite), "drone": drone, "street": drone}
 
 
 def build_test_transform(h: int, w: int) -> T.Compose:

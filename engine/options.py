@@ -4,15 +4,15 @@ import argparse
 import importlib.util
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from models import list_models, model_option_names
 from models.run import OPTS_FILE, load_opts
 from optim.unfreeze import BiGradualUnfreezing
 from utils.errors import UserError
 
-__all__ = ["PROGRESS_CHOICES", "RECIPE_DEFAULTS", "RESUME_OVERRIDES", "RUNTIME_FLAGS", "apply_recipe_defaults",
-           "default_weight_decay", "given_flags", "merge_saved_opts", "model_options", "recipe_of", "run_options",
+__all__ = ["PRESETS", "PROGRESS_CHOICES", "RECIPE_DEFAULTS", "RESUME_OVERRIDES", "RUNTIME_FLAGS", "apply_recipe_defaults",
+           "default_weight_decay", "given_flags", "merge_saved_opts", "model_options", "recipe_of", "run_options", "start_warnings",
            "validate"]
 
 # Flags that may differ when a run is resumed; every other flag is taken from the run's opts.yaml.
@@ -26,6 +26,15 @@ RECIPE_DEFAULTS: Dict[str, Dict[str, object]] = {
     "student": {},
     "teacher": {"optimizer": "sgd", "lr": 0.01, "epochs": 200, "steps": [80, 120], "bigradual_n1": 0,
                 "bigradual_n2": 0},
+}
+# Student presets (docs/method.md §5): what each gives the flags the command line leaves out. The
+# parser's defaults are this project's reading of the paper; 'release' is what the released
+# BiCrossNet scripts effectively ran (384 px, pooled head input, their MSE distillation, binary
+# weights stepped from epoch 21, Lion's lr schedule stepped only after epoch 30).
+PRESETS: Dict[str, Dict[str, object]] = {
+    "paper": {},
+    "release": {"h": 384, "w": 384, "head_input": "pooled", "kd_mode": "mse", "bigradual_n1": 0, "bigradual_n2": 21,
+                "lion_schedule_start": 31},
 }
 RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
 POSITIVE_FLAGS = ("batchsize", "epochs", "h", "w", "sample_num", "max_bad_steps")
@@ -49,9 +58,11 @@ def recipe_of(model: str) -> str:
 
 
 def apply_recipe_defaults(args: argparse.Namespace, given: set) -> Dict[str, object]:
-    """Give every recipe flag absent from ``given`` the value of ``args.model``'s recipe; returns
-    the values put in."""
-    applied = {key: value for key, value in RECIPE_DEFAULTS[recipe_of(args.model)].items() if key not in given}
+    """Give every recipe flag absent from ``given`` the value of ``args.model``'s recipe and, for a
+    student, of its ``--preset``; returns the values put in."""
+    recipe = recipe_of(args.model)
+    defaults = {**RECIPE_DEFAULTS[recipe], **(PRESETS[args.preset] if recipe == "student" else {})}
+    applied = {key: value for key, value in defaults.items() if key not in given}
     for key, value in applied.items():
         setattr(args, key, list(value) if isinstance(value, list) else value)
     return applied
@@ -63,7 +74,12 @@ def merge_saved_opts(args: argparse.Namespace, given: set) -> argparse.Namespace
     silently be ignored otherwise). Saved keys that are no longer flags are ignored; flags that an
     older opts.yaml lacks take the run's recipe default (the parser's, for a student)."""
     opts_path = Path(args.checkpoint_dir) / args.name / OPTS_FILE
-    saved = load_opts(opts_path.parent).get("args", {})
+    opts = load_opts(opts_path.parent)
+    if "converted_from" in opts:
+        raise UserError(f"{opts_path.parent} was converted from {opts['converted_from'].get('file')} and holds weights "
+                        f"only, no training state to resume; evaluate it (test.py), export it, or distil from it "
+                        f"(--teacher_path)")
+    saved = opts.get("args", {})
     conflicts = [f"--{key} {getattr(args, key)!r} (run: {saved[key]!r})" for key in sorted(given)
                  if key not in RUNTIME_FLAGS and key in saved and getattr(args, key) != saved[key]]
     if conflicts:
@@ -90,6 +106,13 @@ def validate(args: argparse.Namespace) -> None:
                         f">= 0") from None
     if args.dataset == "sues" and args.altitude is None:
         raise UserError("--dataset sues needs --altitude (150, 200, 250 or 300)")
+    if args.dataset == "sues" and args.views == 3:
+        raise UserError("--views 3 trains on street images, which SUES-200 does not have; use --views 2")
+    if args.preset != "paper" and recipe_of(args.model) == "teacher":
+        raise UserError(f"--preset {args.preset} describes the student recipe; a teacher ({args.model}) trains with "
+                        f"MCCG's recipe, so drop --preset")
+    if args.extra_Google and args.views != 3:
+        raise UserError("--extra_Google adds the google images to the street view: use it with --views 3")
     if args.teacher_path is not None and not Path(args.teacher_path).exists():
         raise UserError(f"--teacher_path {args.teacher_path} does not exist; train a teacher first "
                         f"(train.py --model mccg_convnext_tiny ...) or drop the flag")
@@ -142,6 +165,15 @@ def model_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in candidates.items() if k in accepted}
 
 
+def start_warnings(args: argparse.Namespace) -> List[str]:
+    """What a new run should be told loudly before it trains (and records in opts.yaml)."""
+    if args.backbone_weights:
+        return []
+    what = "ConvNeXt (ImageNet)" if recipe_of(args.model) == "teacher" else "BNext (ImageNet)"
+    return [f"{args.model} starts from RANDOM backbone weights (no --backbone_weights): results will be far from "
+            f"the paper's; pass the {what} checkpoint with --backbone_weights (README: Reproducing the paper)"]
+
+
 def default_weight_decay(optimizer: str) -> float:
     """``--weight_decay``'s value when not given: each recipe's own."""
     return {"sgd": 5e-4, "adamwlion": 0.01}.get(optimizer, 0.0)
@@ -151,7 +183,8 @@ def run_options(args: argparse.Namespace, num_classes: int, given: Optional[set]
     """What opts.yaml records: every flag, plus what test.py needs to rebuild the network, the recipe
     whose defaults filled the flags left out, and (when known) the flags given explicitly."""
     opts = {"model": args.model, "model_options": model_options(args), "num_classes": num_classes,
-            "dataset": args.dataset, "altitude": args.altitude, "h": args.h, "w": args.w, "args": vars(args),
+            "dataset": args.dataset, "altitude": args.altitude, "h": args.h, "w": args.w, "views": args.views,
+            "args": vars(args),
             "recipe": recipe_of(args.model)}
     if given is not None:
         opts["given_flags"] = sorted(given)

@@ -18,13 +18,14 @@ from tqdm import tqdm
 
 from datasets import build_train_set
 from losses.objective import BiCrossNetLoss
-from models import TwoViewNet, build_model
+from models import MultiViewNet, build_model
+from models.mccg import init_classblock_bn
 from models._helpers import check_input_size
 from models.binary import BinarizerSchedule, apply_constraints_, count_exact_binary
 from models.run import LAST_CHECKPOINT, load_trained_model
 from optim.factory import build_optimizers, build_schedulers
 from optim.stepping import step_optimizers
-from optim.unfreeze import BiGradualUnfreezing
+from optim.unfreeze import BiGradualUnfreezing, hold_frozen_batchnorm
 from utils.device import configure_precision, resolve_device
 from utils.errors import UserError
 
@@ -38,7 +39,7 @@ from .training_log import EpochRecords, progress_enabled
 # Frozen optimizers (bi-gradual phases 1-2) take no step, so their schedulers see none before stepping.
 _FROZEN_SCHEDULER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
 
-__all__ = ["Trainer", "grad_scaler", "load_teacher"]
+__all__ = ["Trainer", "grad_scaler", "load_teacher", "teacher_views"]
 
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
@@ -46,12 +47,23 @@ def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
-def load_teacher(path: str, num_classes: int, device: torch.device, logger) -> torch.nn.Module:
-    """A frozen teacher in eval mode; its classifier must cover the student's classes."""
+def teacher_views(opts: dict) -> int:
+    """The views a teacher trained on: its opts.yaml's (runs from before three views: 2)."""
+    return int(opts.get("views") or opts.get("args", {}).get("views") or 2)
+
+
+def load_teacher(path: str, num_classes: int, device: torch.device, logger, views: int = 2,
+                 allow_fewer_views: bool = False) -> torch.nn.Module:
+    """A frozen teacher in eval mode; its classifier must cover the student's classes, and it must
+    have seen every view the student trains on (unless ``allow_fewer_views``)."""
     teacher, opts, _ = load_trained_model(path)
     if opts["num_classes"] != num_classes:
         raise UserError(f"--teacher_path {path}: the teacher has {opts['num_classes']} classes but the training "
                         f"set has {num_classes}; distill from a teacher trained on the same data")
+    if teacher_views(opts) < views and not allow_fewer_views:
+        raise UserError(f"--teacher_path {path}: the teacher was trained on {teacher_views(opts)} views and this "
+                        f"student on {views}, so its classifiers never saw street images; train the teacher with "
+                        f"--views {views}, or pass --allow_fewer_teacher_views to distil from it anyway")
     teacher.requires_grad_(False)
     logger.info("teacher %s (%s) loaded from %s", opts["model"], opts.get("args", {}).get("name", "?"), path)
     return teacher.to(device).eval()
@@ -92,7 +104,7 @@ class Trainer(CheckpointMixin):
         self.dataset = build_train_set(
             args.data_dir, dataset=args.dataset, altitude=args.altitude, h=args.h, w=args.w,
             sample_num=args.sample_num, erasing_p=args.erasing_p, color_jitter=args.color_jitter, DA=args.DA,
-            on_bad_image=args.on_bad_image)
+            on_bad_image=args.on_bad_image, views=args.views, extra_google=args.extra_Google)
         self.num_classes = self.dataset.num_classes
         if len(self.dataset) < args.batchsize * ctx.world_size:
             raise UserError(f"--data_dir {args.data_dir} has {len(self.dataset)} training items, fewer than one "
@@ -105,11 +117,13 @@ class Trainer(CheckpointMixin):
         weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
         torch.manual_seed(args.seed)  # identical initial weights on every process and every run
         self.model = build_model(args.model, self.num_classes, **model_options(args), **weights).to(self.device)
+        init_classblock_bn(self.model, args.classblock_bn_init)
         self._check_input_size(self.model, args.model)
         apply_constraints_(self.model)
         self.teacher = None
         if args.teacher_path:
-            self.teacher = load_teacher(args.teacher_path, self.num_classes, self.device, self.logger)
+            self.teacher = load_teacher(args.teacher_path, self.num_classes, self.device, self.logger, args.views,
+                                        args.allow_fewer_teacher_views)
             self._check_input_size(self.teacher, f"the teacher of {args.teacher_path}")
         self.criterion = BiCrossNetLoss(triplet_margin=args.triplet_loss,
                                         kd_weight=args.kd_weight if self.teacher is not None else 0.0,
@@ -140,11 +154,11 @@ class Trainer(CheckpointMixin):
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.logger.info("epoch %d: bi-gradual phase %d (%s), %.2f M trainable parameters",
                          epoch + 1, phase, self._phase_name(phase), trainable / 1e6)
-        two_view = TwoViewNet(self.model)
+        multi_view = MultiViewNet(self.model)
         # DDP only synchronizes parameters that require gradients when it is built: rebuild per phase.
         self.network = DistributedDataParallel(
-            two_view, device_ids=[self.device.index] if self.device.type == "cuda" else None
-        ) if self.ctx.enabled else two_view
+            multi_view, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        ) if self.ctx.enabled else multi_view
 
     def _phase_name(self, phase: int) -> str:
         if self.binary_convs:
@@ -172,6 +186,8 @@ class Trainer(CheckpointMixin):
         self._enter_phase(epoch)
         self.binarizer_schedule.start_epoch(epoch)
         self.model.train()
+        if self.args.frozen_bn == "freeze":
+            hold_frozen_batchnorm(self.model)
         seed_epoch(self.args.seed, epoch, self.ctx.rank)
         stats, skip = EpochStats(), 0
         if epoch == self.start_epoch and self.resume_batches:
@@ -183,8 +199,8 @@ class Trainer(CheckpointMixin):
         bar = tqdm(total=self.loader.steps_per_epoch(), initial=skip, desc=f"epoch {epoch + 1}/{self.args.epochs}",
                    disable=not self.show_progress, dynamic_ncols=True, leave=False)
         try:
-            for index, (satellite, drone, labels) in enumerate(batches, start=skip):
-                self.train_step(satellite, drone, labels, stats, epoch, index)
+            for index, (*views, labels) in enumerate(batches, start=skip):
+                self.train_step(views, labels, stats, epoch, index)
                 self.epoch_steps += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats.sums.get('total', 0.0) / max(stats.steps, 1):.3f}")
@@ -213,21 +229,20 @@ class Trainer(CheckpointMixin):
         return all_reduce_mean(flag, self.ctx).item() > 0
 
     # ----------------------------------------------------------------- one step
-    def train_step(self, satellite, drone, labels, stats: EpochStats, epoch: int, index: int) -> None:
-        satellite = satellite.to(self.device, non_blocking=True)
-        drone = drone.to(self.device, non_blocking=True)
+    def train_step(self, views, labels, stats: EpochStats, epoch: int, index: int) -> None:
+        """One step on a batch of every view (satellite, drone[, street]) of the same classes."""
+        views = [view.to(self.device, non_blocking=True) for view in views]
         labels = labels.to(self.device, non_blocking=True)
         # A forward that overflows poisons BatchNorm running statistics before the loss shows it:
         # keep the buffers to put back if the step is skipped.
         buffers = [b.detach().clone() for b in self.model.buffers()]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            out_sat, out_drone = self.network(satellite, drone)
-            teacher_sat = teacher_drone = None
+            outputs = self.network(*views)
+            teacher_outputs = None
             if self.teacher is not None:
                 with torch.no_grad():
-                    teacher_sat = self.teacher.forward_heads(satellite)
-                    teacher_drone = self.teacher.forward_heads(drone)
-            total, terms = self.criterion(out_sat, out_drone, labels, teacher_sat, teacher_drone)
+                    teacher_outputs = [self.teacher.forward_heads(view) for view in views]
+            total, terms = self.criterion(outputs, labels, teacher_outputs)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         finite = all_reduce_mean(torch.isfinite(total.detach()).float(), self.ctx)
@@ -248,9 +263,8 @@ class Trainer(CheckpointMixin):
             stats.skipped += 1
             return
         apply_constraints_(self.model)
-        predictions = out_sat[0][0].detach().argmax(1), out_drone[0][0].detach().argmax(1)
-        correct = int(sum((p == labels).sum() for p in predictions))
-        stats.add({k: all_reduce_mean(v, self.ctx) for k, v in terms.items()}, correct, 2 * labels.numel())
+        correct = int(sum((logits[0].detach().argmax(1) == labels).sum() for logits, _ in outputs))
+        stats.add({k: all_reduce_mean(v, self.ctx) for k, v in terms.items()}, correct, len(views) * labels.numel())
 
     def _finite_gradients(self) -> bool:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -288,7 +302,7 @@ class Trainer(CheckpointMixin):
                     self.stopped = True
                     return
                 learning_rates = self.learning_rates()  # the epoch's own, before the schedulers step
-                self._step_schedulers()
+                self._step_schedulers(epoch)
                 self.binarizer_schedule.end_epoch()
                 last = epoch + 1 == self.args.epochs
                 row = self._record_epoch(epoch, means, learning_rates, start, last)
@@ -321,11 +335,13 @@ class Trainer(CheckpointMixin):
         groups (SGD's head group, at --lr; Lion's at --lr × --lion_lr_ratio)."""
         return {f"lr_{key}": max(group["lr"] for group in opt.param_groups) for key, opt in self.optimizers.items()}
 
-    def _step_schedulers(self) -> None:
+    def _step_schedulers(self, epoch: int) -> None:
+        """Step each lr schedule at the end of 0-based ``epoch``; Lion's waits --lion_schedule_start epochs."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_FROZEN_SCHEDULER_WARNING)
-            for sched in self.schedulers.values():
-                sched.step()
+            for key, sched in self.schedulers.items():
+                if key != "lion" or epoch >= self.args.lion_schedule_start:
+                    sched.step()
 
     def _record_epoch(self, epoch: int, means: Dict[str, float], learning_rates: Dict[str, float], start: float,
                       last: bool) -> dict:

@@ -8,6 +8,6 @@ from . import bicrossnet, teacher  # noqa: F401  (their @register_model builders
 from ._registry import build_model, list_models, model_option_names, register_model
 from .packing import load_packed
 from .run import load_run
-from .two_view import TwoViewNet
+from .multi_view import MultiViewNet
 
-__all__ = ["TwoViewNet", "build_model", "list_models", "load_packed", "load_run", "model_option_names", "register_model"]
+__all__ = ["MultiViewNet", "build_model", "list_models", "load_packed", "load_run", "model_option_names", "register_model"]

@@ -82,7 +82,7 @@ def converted_opts(converted: Converted, source: Path, h: int, w: int, dataset: 
     """opts.yaml of a converted run: what test.py, export.py and a distilling student read."""
     return {"model": converted.model_name, "model_options": converted.model_options,
             "num_classes": converted.num_classes, "dataset": dataset, "altitude": altitude, "h": h, "w": w,
-            "args": {"name": name or source.stem},
+            "views": converted.views, "args": {"name": name or source.stem},
             "converted_from": {"file": str(source), "format": converted.format, "notes": list(converted.notes)}}
 
 

@@ -25,6 +25,23 @@ CW_PERMUTATION = (0, 2, 1, 3)
 HC_PERMUTATION = (0, 3, 2, 1)
 
 
+# Initial BatchNorm scale of a ClassBlock: MCCG's (and the released code's) constant 1, or the
+# University-1652 baseline's N(1, 0.02).
+CLASSBLOCK_BN_INITS = ("constant", "normal")
+
+
+def init_classblock_bn(model: nn.Module, mode: str) -> None:
+    """Set the BatchNorm scale of every ClassBlock of ``model`` to its ``mode`` initial value."""
+    if mode not in CLASSBLOCK_BN_INITS:
+        raise ValueError(f"mode must be one of {', '.join(CLASSBLOCK_BN_INITS)}, got {mode!r}")
+    for block in model.modules():
+        if isinstance(block, ClassBlock):
+            if mode == "constant":
+                nn.init.ones_(block.bn.weight)
+            else:
+                nn.init.normal_(block.bn.weight, 1.0, 0.02)
+
+
 class ClassBlock(nn.Module):
     """Linear -> BatchNorm1d -> Dropout bottleneck, then a linear classifier (MCCG's ClassBlock).
 
@@ -41,7 +58,7 @@ class ClassBlock(nn.Module):
         # MCCG's weights_init_kaiming / weights_init_classifier.
         nn.init.kaiming_normal_(self.fc.weight, a=0, mode="fan_out")
         nn.init.zeros_(self.fc.bias)
-        nn.init.normal_(self.bn.weight, 1.0, 0.02)
+        nn.init.ones_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)

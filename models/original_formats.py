@@ -54,6 +54,7 @@ class Converted(NamedTuple):
     model_options: dict
     num_classes: int
     notes: Tuple[str, ...]  # where this project's forward can differ from the original's
+    views: int  # 3 for a three_view_net (its classifiers saw street images), else 2
 
 
 def unknown_layout(source, state: StateDict) -> UserError:
@@ -170,7 +171,8 @@ def _convert(state: StateDict, fmt: str, source) -> Converted:
     model = build_model(model_name, num_classes, **options)
     mapped = {**_map_backbone(fmt, model, backbone), **map_head(view, block)}
     load_model_state(model, mapped, source, model_name, what="converted checkpoint")
-    return Converted(model.eval(), fmt, model_name, options, num_classes, tuple(street_note(state) + notes))
+    views = 3 if any(k.startswith(STREET_PREFIX) for k in state) else 2
+    return Converted(model.eval(), fmt, model_name, options, num_classes, tuple(street_note(state) + notes), views)
 
 
 def convert_state(state: StateDict, fmt: str = "auto", source="checkpoint") -> Converted:

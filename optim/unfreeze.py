@@ -4,9 +4,27 @@ A freshly initialised head sends large, noisy gradients; letting them reach pret
 latent weights flips signs the ImageNet training settled. The schedule lets the head settle
 first, then the full-precision parts adapt, and only then the binary weights.
 """
+import torch.nn as nn
+
 from .partition import partition_parameters
 
-__all__ = ["BiGradualUnfreezing"]
+__all__ = ["FROZEN_BN_CHOICES", "BiGradualUnfreezing", "hold_frozen_batchnorm"]
+
+# What BatchNorm layers with frozen parameters do with their running statistics in train mode.
+FROZEN_BN_CHOICES = ("update", "freeze")
+
+
+def hold_frozen_batchnorm(model: nn.Module) -> int:
+    """Put every BatchNorm layer whose parameters are all frozen in eval mode, so its running
+    statistics stay as loaded (in phase 1, the backbone's); call after ``model.train()``.
+    Returns how many layers it holds."""
+    held = 0
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+            module.eval()
+            held += 1
+    return held
 
 _TRAINABLE = {
     1: ("head",),

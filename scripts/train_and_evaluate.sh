@@ -19,6 +19,9 @@
 #   TEACHER_NAME    teacher run name     [teacher_<dataset>]
 #   STUDENT_MODEL   [bicrossnet_bnext_tiny]     TEACHER_MODEL  [mccg_convnext_tiny]
 #   DEVICE          auto|cpu|cuda        [auto]  (AMP is used on CUDA)
+#   VIEWS           2|3                  [2]  3 adds street images (University-1652 only): teacher and
+#                   student train with --views 3, and evaluation covers every direction (--mode all)
+#   EXTRA_GOOGLE=1  with VIEWS=3: street images drawn from train/google/ too (--extra_Google)
 #   LAUNCHER        how train.py is started, e.g. "torchrun --nproc_per_node=4" [the Python below]
 #   TEACHER_FLAGS   extra train.py flags for the teacher, e.g. "--epochs 5"
 #   EVAL_FLAGS      extra test.py flags, e.g. "--batchsize 128"
@@ -34,6 +37,17 @@ case "$DATASET" in
         DATASET_FLAGS=(--dataset sues --altitude "$ALTITUDE"); TAG=sues_$ALTITUDE ;;
   *) echo "error: DATASET must be university or sues, got '$DATASET'" >&2; exit 2 ;;
 esac
+VIEWS=${VIEWS:-2}
+case "$VIEWS" in
+  2) VIEW_FLAGS=(--views 2); EVAL_MODE=both ;;
+  3) [ "$DATASET" = university ] || { echo "error: VIEWS=3 needs street images; SUES-200 has none" >&2; exit 2; }
+     VIEW_FLAGS=(--views 3); EVAL_MODE=all; TAG=${TAG}_3views ;;
+  *) echo "error: VIEWS must be 2 or 3, got '$VIEWS'" >&2; exit 2 ;;
+esac
+if [ "${EXTRA_GOOGLE:-0}" = 1 ]; then
+  [ "$VIEWS" = 3 ] || { echo "error: EXTRA_GOOGLE=1 adds google images to the street view: set VIEWS=3" >&2; exit 2; }
+  VIEW_FLAGS+=(--extra_Google); TAG=${TAG}_google
+fi
 DATA_DIR=${DATA_DIR:-$ROOT/train}
 TEST_DIR=${TEST_DIR:-$ROOT/test}
 CHECKPOINT_DIR=${CHECKPOINT_DIR:-checkpoints}
@@ -74,7 +88,8 @@ if [ -n "${TEACHER_CHECKPOINT:-}" ]; then
   TEACHER_RUN=$TEACHER_CHECKPOINT
 fi
 
-COMMON=(--checkpoint_dir "$CHECKPOINT_DIR" --data_dir "$DATA_DIR" --device "$DEVICE" --amp "${DATASET_FLAGS[@]}")
+COMMON=(--checkpoint_dir "$CHECKPOINT_DIR" --data_dir "$DATA_DIR" --device "$DEVICE" --amp "${DATASET_FLAGS[@]}"
+        "${VIEW_FLAGS[@]}")
 
 # An existing run is continued (and left alone once finished), never overwritten.
 resume_flag() { [ -f "$CHECKPOINT_DIR/$1/last.pth" ] && echo --resume || true; }
@@ -99,6 +114,6 @@ EVAL_RUNS=("$NAME")
 [ -z "${TEACHER_CHECKPOINT:-}" ] && EVAL_RUNS=("$TEACHER_NAME" "$NAME")
 for run in "${EVAL_RUNS[@]}"; do
   echo "== evaluating $run"
-  "$PYTHON" test.py --name "$run" --checkpoint_dir "$CHECKPOINT_DIR" --test_dir "$TEST_DIR" --mode both \
+  "$PYTHON" test.py --name "$run" --checkpoint_dir "$CHECKPOINT_DIR" --test_dir "$TEST_DIR" --mode "$EVAL_MODE" \
     --device "$DEVICE" "${EVAL_ALTITUDE[@]}" "${EVAL_EXTRA[@]}"
 done

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+import train
 from engine.trainer import load_teacher
 from models import load_run
 from models.convert import main as convert_main
@@ -277,6 +278,7 @@ def test_three_view_converts_the_satellite_and_drone_network(teacher_view):
     reference = convert_state(two_view(teacher_view)).model.state_dict()
     for state, notes in ((shared, 0), (street, 1)):
         converted = convert_state(state)
+        assert converted.views == 3  # its classifiers saw street images: it may teach a three-view student
         assert len(converted.notes) == notes and all("model_2" in n for n in converted.notes)
         assert all(torch.equal(v, reference[k]) for k, v in converted.model.state_dict().items())
 
@@ -308,7 +310,7 @@ def test_cli_writes_a_run_that_load_run_loads(student_file, student_view, tmp_pa
                          "--dataset", "sues", "--altitude", 150)
     assert "bicrossnet_bnext_tiny" in stdout and "note:" not in stdout
     opts = yaml.safe_load((tmp_path / "released" / "opts.yaml").read_text())
-    assert (opts["h"], opts["w"], opts["dataset"], opts["altitude"]) == (384, 384, "sues", 150)
+    assert (opts["h"], opts["w"], opts["dataset"], opts["altitude"], opts["views"]) == (384, 384, "sues", 150, 2)
     checkpoint = torch.load(tmp_path / "released" / "last.pth", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["num_classes"]) == (199, NUM_CLASSES)
     assert_same_features(load_run(tmp_path / "released"), student_view, images(size=32))
@@ -329,6 +331,16 @@ def test_load_run_and_teacher_path_accept_original_files_and_folders(teacher_fil
     finally:
         (folder / "opts.yaml").unlink()
         (folder / "net_095.pth").unlink()
+
+
+def test_a_converted_run_cannot_be_resumed_and_says_what_it_can_do(student_file, tmp_path, capsys):
+    convert_cli(student_file, "--name", "released", "--checkpoint_dir", tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--name", "released", "--checkpoint_dir", str(tmp_path), "--resume"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "holds weights only, no training state to resume" in err and "--teacher_path" in err
 
 
 class _Logger:

@@ -177,6 +177,14 @@ def test_sues_altitude_errors_list_the_available_ones(sues_root, altitude, error
     assert f"altitude folders in {sues_root / 'train'}: 150, 300" in str(info.value)
 
 
+def test_a_sues_folder_that_already_names_the_altitude_gets_a_hint(sues_root):
+    with pytest.raises(UserError) as info:  # the way SUES-200 stores it: train/150/{drone,satellite}
+        build_train_set(sues_root / "train" / "150", "sues", 150)
+    assert str(info.value) == (f"{sues_root / 'train' / '150'} is already the folder of altitude 150; pass its "
+                               f"parent ({sues_root / 'train'}) with the altitude given separately (SUES-200 keeps "
+                               f"one folder per altitude under train/ and test/)")
+
+
 def test_bad_argument_values_are_value_errors_naming_the_parameter(university_root):
     with pytest.raises(ValueError, match="dataset='cvusa'.*university, sues"):
         build_train_set(university_root / "train", "cvusa")

@@ -134,7 +134,7 @@ def test_objective_terms_and_total(kd_mode):
     sat, drone = _view(g, requires_grad=True), _view(g, requires_grad=True)
     t_sat, t_drone = _view(g, requires_grad=True), _view(g, requires_grad=True)
     criterion = BiCrossNetLoss(triplet_margin=0.3, kd_weight=2.0, kd_temperature=3.0, kd_mode=kd_mode)
-    total, terms = criterion(sat, drone, labels, t_sat, t_drone)
+    total, terms = criterion((sat, drone), labels, (t_sat, t_drone))
 
     ce = sum(sum(F.cross_entropy(l, labels) for l in view[0]) / 3 for view in (sat, drone))
     triplet = sum(cross_view_triplet_loss(s, d, labels, labels, 0.3) for s, d in zip(sat[1], drone[1])) / 3
@@ -159,13 +159,45 @@ def test_objective_skips_disabled_terms():
     labels = torch.arange(4)
     sat, drone, teacher = _view(g), _view(g), _view(g)
     no_triplet = BiCrossNetLoss(triplet_margin=0.0, kd_weight=1.0)
-    total, terms = no_triplet(sat, drone, labels)  # no teacher: no KD
+    total, terms = no_triplet((sat, drone), labels)  # no teacher: no KD
     assert terms["triplet"].item() == 0.0 and terms["kd"].item() == 0.0
     assert total.item() == pytest.approx(terms["ce"].item())
-    _, terms = BiCrossNetLoss(kd_weight=0.0)(sat, drone, labels, teacher, teacher)
+    _, terms = BiCrossNetLoss(kd_weight=0.0)((sat, drone), labels, (teacher, teacher))
     assert terms["kd"].item() == 0.0
-    with pytest.raises(ValueError, match="both views"):
-        no_triplet(sat, drone, labels, teacher, None)
+    with pytest.raises(ValueError, match="one output per student view"):
+        no_triplet((sat, drone), labels, (teacher,))
+    with pytest.raises(ValueError, match="at least 2 views"):
+        no_triplet((sat,), labels)
+
+
+def test_three_views_by_hand():
+    # One classifier, two classes. Satellite and drone features agree; the street view swaps the
+    # classes, so every satellite/drone anchor's street positive is sqrt(2) away and its negative 0.
+    eye = torch.eye(2)
+    logits = (torch.zeros(2, 2),)  # uniform: cross-entropy log 2 per view
+    sat, drone, street = (logits, (eye,)), (logits, (eye.clone(),)), (logits, (eye.flip(0),))
+    labels = torch.tensor([0, 1])
+    total, terms = BiCrossNetLoss(triplet_margin=0.3, kd_weight=1.0)((sat, drone, street), labels,
+                                                                      (sat, drone, street))
+    assert terms["ce"].item() == pytest.approx(3 * math.log(2))
+    # pairs: satellite-drone 0; satellite-street and drone-street sqrt(2) + 0.3 for every anchor
+    assert terms["triplet"].item() == pytest.approx(2 * (math.sqrt(2) + 0.3) / 3, rel=1e-6)
+    assert terms["kd"].item() == pytest.approx(0.0, abs=1e-7)  # the teacher says the same
+    assert total.item() == pytest.approx(3 * math.log(2) + 2 * (math.sqrt(2) + 0.3) / 3, rel=1e-6)
+
+
+def test_three_view_objective_adds_the_third_view_to_every_term():
+    g = torch.Generator().manual_seed(5)
+    labels = torch.tensor([0, 1, 2, 3])
+    views, teachers = [_view(g) for _ in range(3)], [_view(g) for _ in range(3)]
+    criterion = BiCrossNetLoss(triplet_margin=0.3, kd_weight=1.0)
+    _, three = criterion(views, labels, teachers)
+    _, pairs = zip(*(criterion([views[i], views[j]], labels, [teachers[i], teachers[j]])
+                     for i, j in ((0, 1), (0, 2), (1, 2))))
+    # Each view's CE and KD appears in two of the three pairs; the triplet is the mean over pairs.
+    for name in ("ce", "kd"):
+        assert three[name].item() == pytest.approx(sum(p[name].item() for p in pairs) / 2, rel=1e-6)
+    assert three["triplet"].item() == pytest.approx(sum(p["triplet"].item() for p in pairs) / 3, rel=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.mccg import BLOCKS, CW_PERMUTATION, HC_PERMUTATION, HEAD_INPUTS, ClassBlock, MCCGHead, PermutedGate
+from models.mccg import (BLOCKS, CW_PERMUTATION, HC_PERMUTATION, HEAD_INPUTS, ClassBlock, MCCGHead, PermutedGate,
+                         init_classblock_bn)
 
 C, NUM_CLASSES = 12, 7
 
@@ -86,10 +87,24 @@ def test_class_block_init_follows_mccg():
     cb = ClassBlock(1024, 2000)
     assert cb.fc.weight.std().item() == pytest.approx(math.sqrt(2 / 512), rel=0.02)  # Kaiming fan_out
     assert cb.classifier.weight.std().item() == pytest.approx(0.001, rel=0.02)
-    assert cb.bn.weight.mean().item() == pytest.approx(1.0, abs=0.005)
-    assert cb.bn.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert torch.equal(cb.bn.weight, torch.ones(512))  # MCCG's weights_init_kaiming: BatchNorm scale 1
     for bias in (cb.fc.bias, cb.bn.bias, cb.classifier.bias):
         assert torch.count_nonzero(bias) == 0
+
+
+def test_classblock_bn_init_normal_is_the_university1652_baselines_and_touches_only_classblocks():
+    torch.manual_seed(0)
+    head = MCCGHead(64, 10, block=2)
+    gates_before = [p.clone() for p in head.gates.parameters()]
+    init_classblock_bn(head, "normal")
+    for block in head.classifiers:
+        assert block.bn.weight.mean().item() == pytest.approx(1.0, abs=0.01)
+        assert block.bn.weight.std().item() == pytest.approx(0.02, rel=0.3)
+    assert all(torch.equal(a, b) for a, b in zip(gates_before, head.gates.parameters()))
+    init_classblock_bn(head, "constant")
+    assert all(torch.equal(block.bn.weight, torch.ones(512)) for block in head.classifiers)
+    with pytest.raises(ValueError, match="mode must be one of constant, normal"):
+        init_classblock_bn(head, "zeros")
 
 
 def test_class_block_modes():

@@ -10,7 +10,7 @@ import yaml
 import models.bicrossnet
 import models.bnext
 import models.teacher
-from models import TwoViewNet, build_model, list_models, load_run, model_option_names, register_model
+from models import MultiViewNet, build_model, list_models, load_run, model_option_names, register_model
 from models import _registry
 from models._helpers import check_input_size
 from models.binary import BinaryConv2d, count_exact_binary
@@ -325,22 +325,23 @@ def test_pretrained_without_network_says_how_to_pass_a_file(tmp_path, monkeypatc
 
 # --- siamese wrapper -----------------------------------------------------------------------
 
-def test_two_view_net_shares_every_weight():
+def test_multi_view_net_shares_every_weight():
     torch.manual_seed(0)
     net = build_model("mccg_convnext_atto", 4)
-    two_view = TwoViewNet(net).eval()
-    assert [id(p) for p in two_view.parameters()] == [id(p) for p in net.parameters()]
+    multi_view = MultiViewNet(net).eval()
+    assert [id(p) for p in multi_view.parameters()] == [id(p) for p in net.parameters()]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        sat, drone = two_view(x, x.clone())
+        sat, drone, street = multi_view(x, x.clone(), x.clone())
     torch.testing.assert_close(sat, drone, rtol=0, atol=0)
+    torch.testing.assert_close(sat, street, rtol=0, atol=0)
     torch.testing.assert_close(sat, net(x))
 
 
-def test_two_view_net_accumulates_gradient_from_both_views():
+def test_multi_view_net_accumulates_gradient_from_both_views():
     torch.manual_seed(0)
     net = build_model("mccg_convnext_atto", 4).eval()  # eval: deterministic, so each view can be replayed
-    two_view = TwoViewNet(net)
+    two_view = MultiViewNet(net)
     satellite, drone = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     params = [net.backbone.model.stem[0].weight, net.head.classifiers[1].fc.weight]
 

@@ -309,7 +309,7 @@ def test_bnext_student_first_phase_step_trains_only_the_head():
     BiGradualUnfreezing(model, n1=20, n2=20).apply(0)
     before = _snapshot(model)
     labels = torch.arange(4)
-    loss, _ = BiCrossNetLoss()(model(torch.randn(4, 3, 64, 64)), model(torch.randn(4, 3, 64, 64)), labels)
+    loss, _ = BiCrossNetLoss()((model(torch.randn(4, 3, 64, 64)), model(torch.randn(4, 3, 64, 64))), labels)
     loss.backward()
     for opt in optimizers.values():
         opt.step()

@@ -268,14 +268,14 @@ def nan_on_calls(monkeypatch, loss_calls=(), gradient_calls=()):
     """Make BiCrossNetLoss return a NaN loss, or a finite loss with NaN gradients, on the given calls."""
     real_forward, calls = BiCrossNetLoss.forward, []
 
-    def forward(self, student_sat, *args):
-        total, terms = real_forward(self, student_sat, *args)
+    def forward(self, student_views, *args):
+        total, terms = real_forward(self, student_views, *args)
         calls.append(len(calls))
         if calls[-1] in loss_calls:
             total = total * float("nan")
             terms = dict(terms, total=total.detach())
         elif calls[-1] in gradient_calls:  # d sqrt(x)/dx is infinite at 0, and 0 * inf = NaN reaches the weights
-            feature = student_sat[1][0]
+            feature = student_views[0][1][0]  # the satellite view's first branch feature
             total = total + 0 * (feature - feature.detach()).pow(2).sum().sqrt()
         return total, terms
 

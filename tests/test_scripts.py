@@ -97,6 +97,19 @@ def test_script_stops_before_training_when_the_dataset_is_missing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("script, env, message", [
+    ("train_and_evaluate_sue_150.sh", {"VIEWS": "3"}, "VIEWS=3 needs street images; SUES-200 has none"),
+    ("train_and_evaluate_university.sh", {"VIEWS": "4"}, "VIEWS must be 2 or 3, got '4'"),
+    ("train_and_evaluate_university.sh", {"EXTRA_GOOGLE": "1"}, "EXTRA_GOOGLE=1 adds google images to the street "
+                                                                 "view: set VIEWS=3"),
+])
+def test_script_refuses_view_settings_with_one_line(tmp_path, script, env, message):
+    result = subprocess.run(["bash", str(REPO / script)], env={**os.environ, "CHECKPOINT_DIR": str(tmp_path), **env},
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {message}"
+
+
 def test_gpu_check_runs_on_cpu_and_says_what_it_skipped(tmp_path):
     env = {**os.environ, "QUICK": "1", "GPU_CHECK_DIR": str(tmp_path / "gpu_check"), "CUDA_VISIBLE_DEVICES": "",
            "PYTHON": sys.executable}

@@ -36,8 +36,8 @@ def state(run_dir, which="last.pth"):
 
 
 def test_student_loss_decreases(university_root, tmp_path):
-    args = base_args(university_root, tmp_path, "student", "--epochs", "6", "--lr", "0.001",
-                     "--bigradual_n1", "0", "--bigradual_n2", "0", "--no-DA", "--erasing_p", "0")
+    args = base_args(university_root, tmp_path, "student", "--epochs", "6", "--lr", "0.002",
+                     "--bigradual_n1", "0", "--bigradual_n2", "0", "--no-autoaugment", "--erasing_p", "0")
     assert train.main(args) == 0
     run = tmp_path / "student"
     totals = losses(run)
@@ -50,7 +50,7 @@ def test_student_loss_decreases(university_root, tmp_path):
 def test_teacher_loss_decreases_with_sgd_recipe(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
                      "--lr", "0.003", "--epochs", "6", "--sample_num", "2", "--bigradual_n1", "0", "--bigradual_n2",
-                     "0", "--no-DA", "--erasing_p", "0")
+                     "0", "--no-autoaugment", "--erasing_p", "0")
     assert train.main(args) == 0
     totals = losses(tmp_path / "teacher")
     assert totals[-1] < 0.9 * totals[0], totals
