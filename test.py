@@ -1,6 +1,8 @@
 """Evaluate a trained run on the University-1652 or SUES-200 test split (docs/method.md §4).
 
     python test.py --name RUN --test_dir data/University-1652/test [--mode both]
+    python test.py --name RUN --test_dir data/University-1652/test --mode all --multi
+    python test.py --name RUN --test_dir data/University-1652/test --mode 3 --ms 1,1.125
     python test.py --name RUN --test_dir data/SUES-200/test --altitude all
     python test.py --packed checkpoints/RUN/last_packed.pt --engine bitpacked --test_dir data/University-1652/test
 
@@ -11,12 +13,26 @@ familiar ``Recall@1:.. Recall@5:.. Recall@10:.. Recall@top1:.. AP:..`` line and 
 metrics in ``<run>/results.json`` under a key naming everything that changes them
 (``university/Drone->Satellite/last.pth/256x256/flip/float/cpu-fp32``), next to earlier evaluations.
 
-``--export_mat`` writes the features in the University-1652 ``pytorch_result.mat`` format
-(query_f, query_label, query_path, gallery_f, gallery_label, gallery_path); when one call
-evaluates several directions or altitudes, each file is named
-``pytorch_result_<tag>.mat`` with tags such as ``drone_to_satellite`` or
-``150m_satellite_to_drone``. ``--visualize K`` saves ``retrieval_<tag>.png``: K queries and their
-top-10 gallery images, matches framed green and mistakes red.
+Directions (``--mode``): 1 Satellite->Drone, 2 Drone->Satellite, and on University-1652 the street
+view's 3 Street->Satellite, 4 Satellite->Street, 5 Drone->Street, 6 Street->Drone; ``both`` is 1
+and 2, ``all`` every direction whose query and gallery folders the test split holds (a note names
+the street directions it skips; on SUES-200, which has no street view, 1 and 2).
+
+``--ms 1,1.125`` is MCCG's multi-scale test: the network also sees each batch resized by every
+scale s != 1 (bilinear), and the branch features of all scales (and mirrors) are summed before
+normalization; a scale is a factor on height and width, not MCCG's area ratio (its ``--ms 1,1.1``
+resizes by sqrt(1.1)). The key then carries ``ms1,1.125`` after the size. ``--multi`` adds
+University-1652's multiple-query result to each direction with drone queries (2 and 5): the
+descriptors of one place's drone queries are averaged and renormalized into one query, one per
+place, ranked against the same gallery; its key carries ``multi-query`` after the direction.
+``--multi`` with a direction without drone queries (1, 3, 4, 6) is refused.
+
+``--export_mat`` writes the (single-query) features in the University-1652 ``pytorch_result.mat``
+format (query_f, query_label, query_path, gallery_f, gallery_label, gallery_path); when one call
+evaluates several directions or altitudes, each file is named ``pytorch_result_<tag>.mat`` with tags
+such as ``drone_to_satellite``, ``street_to_satellite`` or ``150m_satellite_to_drone``.
+``--visualize K`` saves ``retrieval_<tag>.png``: K queries and their top-10 gallery images, matches
+framed green and mistakes red.
 """
 import argparse
 import os
@@ -26,11 +42,12 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from datasets import BAD_IMAGE_MODES, MODE_NAMES, SUES_ALTITUDES, build_test_sets
-from evaluation.features import extract_features
+from datasets import (AERIAL_MODES, BAD_IMAGE_MODES, DATASET_MODES, DRONE_QUERY_MODES, MODE_NAMES, MODES,
+                      SUES_ALTITUDES, build_test_sets, modes_in_split)
+from evaluation.features import check_scales, extract_features, pool_queries, scaled_size
 from evaluation.matfile import export_mat
 from evaluation.metrics import count_unmatched, evaluate_retrieval, format_metrics
-from evaluation.records import RESULTS_FILE, load_results, record_result
+from evaluation.records import RESULTS_FILE, load_results, record_result, scales_label
 from evaluation.visualize import save_retrieval_grid
 from models._helpers import check_input_size
 from models.packing import ENGINES, load_packed
@@ -45,6 +62,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Every flag's default in its help, and the module docstring's examples as written."""
 
 
+def mode_help() -> str:
+    """``--mode``'s help, written from the library's table of directions."""
+    listing = ", ".join(f"{mode} = {name}" for mode, name in MODE_NAMES.items())
+    return (f"{listing}, both = {' then '.join(map(str, AERIAL_MODES))}, all = every direction the test split "
+            f"holds (SUES-200: {' and '.join(map(str, DATASET_MODES['sues']))})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--name", default=None, help="run name; the run directory is <checkpoint_dir>/<name>/")
@@ -57,8 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test folder: University-1652/test, or SUES-200/test (holding one folder per altitude)")
     p.add_argument("--which_epoch", default="last",
                    help="checkpoint to evaluate: 'last' (last.pth) or an epoch number N (net_NNN.pth)")
-    p.add_argument("--mode", default="both", choices=["1", "2", "both"],
-                   help="1 = Satellite->Drone, 2 = Drone->Satellite, both = 1 then 2")
+    p.add_argument("--mode", default="both", choices=[*map(str, MODES), "both", "all"],
+                   help=mode_help())
+    p.add_argument("--ms", default="1", metavar="S[,S...]",
+                   help="multi-scale test: comma-separated factors on height and width (e.g. 1,1.125); the "
+                        "features at every scale are summed")
+    p.add_argument("--multi", action="store_true",
+                   help="also evaluate multiple queries: one query per place, the renormalized mean of its drone "
+                        f"queries' descriptors, in the directions with drone queries "
+                        f"({' and '.join(map(str, DRONE_QUERY_MODES))}); refused for the others")
     p.add_argument("--altitude", default=None, choices=[*map(str, SUES_ALTITUDES), "all"],
                    help="SUES-200 altitude (default: the run's training altitude); 'all' evaluates all four")
     p.add_argument("--h", type=int, default=None, help="input height (default: the run's)")
@@ -92,8 +123,27 @@ def evaluation_plan(args, opts: dict):
         raise UserError(f"--altitude applies to SUES-200 runs only; {args.name or args.packed!r} was trained on {dataset!r}")
     else:
         altitudes = [None]
-    modes = [1, 2] if args.mode == "both" else [int(args.mode)]
-    return dataset, altitudes, modes
+    return dataset, altitudes, plan_modes(args, dataset, altitudes[0])
+
+
+def plan_modes(args, dataset: str, altitude) -> list:
+    """The directions ``--mode`` asks for; ``all`` skips (with a note) street directions the split lacks."""
+    if args.mode == "all":
+        modes, skipped = modes_in_split(args.test_dir, dataset, altitude)
+        if skipped:
+            missing = sorted({name for names in skipped.values() for name in names})
+            print(f"note: {args.test_dir} has no {' or '.join(missing)}; --mode all skips "
+                  f"{', '.join(MODE_NAMES[m] for m in skipped)}")
+    else:
+        modes = list(AERIAL_MODES) if args.mode == "both" else [int(args.mode)]
+    if any(mode not in DATASET_MODES[dataset] for mode in modes):
+        raise UserError(f"--mode {args.mode} ({MODE_NAMES[modes[0]]}): SUES-200 has no street view; use --mode "
+                        + ", ".join(map(str, DATASET_MODES[dataset])) + ", both or all")
+    if args.multi and not any(mode in DRONE_QUERY_MODES for mode in modes):
+        raise UserError(f"--multi pools the drone queries of each place, and --mode {args.mode} "
+                        f"({MODE_NAMES[modes[0]]}) has none: use --mode "
+                        + ", ".join(map(str, DRONE_QUERY_MODES)) + ", both or all")
+    return modes
 
 
 def file_tag(altitude, mode: int) -> str:
@@ -105,17 +155,35 @@ def extract(model, images, args, device, desc: str):
     """Unit-norm descriptors of a query or gallery set, in the set's order."""
     loader = DataLoader(images, batch_size=args.batchsize, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
-    return extract_features(model, loader, device, amp=args.amp, flip=not args.no_flip, desc=desc)[0]
+    return extract_features(model, loader, device, amp=args.amp, flip=not args.no_flip, desc=desc,
+                            scales=args.scales)[0]
 
 
 def print_table(dataset: str, rows: dict) -> None:
-    """Recall@1 and AP of every (altitude, direction) evaluated, one line per altitude."""
-    modes = sorted({mode for _, mode in rows})
+    """Recall@1 and AP of every ``(altitude, column)`` evaluated (a column is a direction, or its
+    multi-query result): for SUES-200 a line per altitude, for University-1652 a line per column."""
+    columns = list(dict.fromkeys(column for _, column in rows))
+    cell = {key: f"{m['recall@1']:7.2f} / {m['ap']:6.2f}" for key, m in rows.items()}
     print(f"{DATASET_TITLES[dataset]} summary (Recall@1 / AP)")
-    print("altitude  " + "  ".join(f"{MODE_NAMES[m]:>17}" for m in modes))
+    if dataset != "sues":
+        width = max(map(len, columns))
+        for column in columns:
+            print(f"{column:<{width}}  {cell[None, column]}")
+        return
+    widths = [max(17, len(column)) for column in columns]
+    print("altitude  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
     for altitude in sorted({a for a, _ in rows}):
-        cells = [f"{rows[altitude, m]['recall@1']:7.2f} / {rows[altitude, m]['ap']:6.2f}" for m in modes]
-        print(f"{altitude:>6} m  " + "  ".join(f"{c:>17}" for c in cells))
+        cells = (f"{cell.get((altitude, column), '—'):>{width}}" for column, width in zip(columns, widths))
+        print(f"{altitude:>6} m  " + "  ".join(cells))
+
+
+def parse_scales(text: str) -> tuple:
+    """``--ms 1,1.1`` -> (1.0, 1.1): distinct finite positive numbers."""
+    try:
+        return check_scales(float(value) for value in text.split(","))
+    except ValueError:
+        raise UserError(f"--ms {text!r}: expected distinct positive numbers separated by commas, such as 1,1.125") \
+            from None
 
 
 def check_flags(args) -> None:
@@ -128,6 +196,21 @@ def check_flags(args) -> None:
         raise UserError("pass exactly one of --name RUN (a training run) or --packed FILE (an export.py file)")
     if args.engine != "float" and not args.packed:
         raise UserError(f"--engine {args.engine} runs packed files: pass --packed FILE (write one with export.py)")
+    args.scales = parse_scales(args.ms)
+
+
+def check_sizes(model, h: int, w: int, scales: tuple, model_name: str) -> None:
+    """The network must take the input size and every scaled size: one line naming the flag if not."""
+    for scale in (1.0, *(s for s in scales if s != 1)):
+        size = scaled_size(h, w, scale)
+        try:
+            if min(size) < 1:
+                raise ValueError(f"{size[0]}x{size[1]} is no image size")
+            check_input_size(model, *size, model_name)
+        except ValueError as err:
+            where = f"--h {h} --w {w}" if scale == 1 else \
+                f"--ms {scale:g} (the {h}x{w} input resized to {size[0]}x{size[1]})"
+            raise UserError(f"{where}: {err}") from None
 
 
 def check_writable(folder: Path) -> None:
@@ -137,17 +220,22 @@ def check_writable(folder: Path) -> None:
                         f"fix its permissions or evaluate a copy of the run")
 
 
+def score(qf, query_labels, gf, gallery_labels, device, queries: str = "queries") -> dict:
+    """Metrics of query descriptors against gallery descriptors, with the count of unmatched queries."""
+    metrics = evaluate_retrieval(qf.to(device), query_labels, gf.to(device), gallery_labels)
+    unmatched = count_unmatched(query_labels, gallery_labels)
+    if unmatched:
+        print(f"note: {unmatched} of {len(query_labels)} {queries} have no match in the gallery; "
+              f"they score 0 by protocol")
+    return dict(metrics, unmatched_queries=unmatched)
+
+
 def evaluate_direction(model, sets, args, device) -> tuple:
-    """Descriptors and metrics of one (query, gallery) pair of sets; prints the familiar lines."""
+    """Descriptors and metrics of one (query, gallery) pair of sets; prints the unmatched queries."""
     query_set, gallery_set = sets
     qf = extract(model, query_set, args, device, "query")
     gf = extract(model, gallery_set, args, device, "gallery")
-    metrics = evaluate_retrieval(qf.to(device), query_set.labels, gf.to(device), gallery_set.labels)
-    unmatched = count_unmatched(query_set.labels, gallery_set.labels)
-    if unmatched:
-        print(f"note: {unmatched} of {len(query_set)} queries have no match in the gallery; "
-              f"they score 0 by protocol")
-    return qf, gf, dict(metrics, unmatched_queries=unmatched)
+    return qf, gf, score(qf, query_set.labels, gf, gallery_set.labels, device)
 
 
 @exit_on_user_error
@@ -168,19 +256,16 @@ def main(argv=None) -> int:
     load_results(results_path)
     check_writable(source.run_dir)
     model = source.load().to(device)
-    try:
-        check_input_size(model, h, w, source.opts["model"])
-    except ValueError as err:
-        raise UserError(f"--h {h} --w {w}: {err}") from None
+    check_sizes(model, h, w, args.scales, source.opts["model"])
     common = dict(dataset=dataset, checkpoint=source.name, epoch=source.epoch, h=h, w=w, flip=not args.no_flip,
-                  engine=source.engine, device=device_label(device), precision=precision,
-                  test_dir=str(Path(args.test_dir).resolve()))
+                  scales=list(args.scales), query="single", engine=source.engine, device=device_label(device),
+                  precision=precision, test_dir=str(Path(args.test_dir).resolve()))
     try:
         table = evaluate_plan(model, test_sets, args, device, results_path, common)
     except KeyboardInterrupt:
         print(f"error: interrupted; the directions finished before are saved in {results_path}", file=sys.stderr)
         return 130
-    if len(altitudes) > 1:
+    if len(altitudes) > 1 or len(table) > 2:
         print_table(dataset, table)
     return 0
 
@@ -209,21 +294,36 @@ class EvaluationSource:
 
 
 def evaluate_plan(model, test_sets: dict, args, device, results_path: Path, common: dict) -> dict:
-    """Evaluate every (altitude, direction), recording each as soon as it is done."""
+    """Evaluate every (altitude, direction), recording each as soon as it is done; returns the
+    metrics by (altitude, table column)."""
     table = {}
+    scales = "" if args.scales == (1.0,) else f", scales {scales_label(args.scales)}"
     for (altitude, mode), sets in test_sets.items():
         where = f" {altitude} m" if altitude is not None else ""
         print(f"{DATASET_TITLES[common['dataset']]}{where} {MODE_NAMES[mode]}: {len(sets[0])} queries, "
               f"{len(sets[1])} gallery images ({results_path.parent.name}/{common['checkpoint']}, "
-              f"{common['device']}, {common['precision']})")
+              f"{common['device']}, {common['precision']}{scales})")
         qf, gf, metrics = evaluate_direction(model, sets, args, device)
-        print(format_metrics(metrics))
-        record_result(results_path, dict(metrics, **common, altitude=altitude, direction=MODE_NAMES[mode],
-                                         num_queries=len(sets[0]), num_gallery=len(sets[1]),
-                                         time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
-        table[altitude, mode] = metrics
+        record = dict(common, altitude=altitude, direction=MODE_NAMES[mode], num_gallery=len(sets[1]))
+        table[altitude, MODE_NAMES[mode]] = save_result(results_path, record, metrics, num_queries=len(sets[0]))
         save_extras(args, results_path.parent, file_tag(altitude, mode), len(test_sets) > 1, sets, qf, gf)
+        if args.multi and mode in DRONE_QUERY_MODES:
+            pooled, places = pool_queries(qf, sets[0].labels)
+            print(f"{MODE_NAMES[mode]} multi-query: {len(places)} places, each one query pooled from its "
+                  f"drone images")
+            metrics = score(pooled, places, gf, sets[1].labels, device, "places")
+            table[altitude, f"{MODE_NAMES[mode]} multi-query"] = save_result(
+                results_path, dict(record, query="multi"), metrics, num_queries=len(places),
+                num_query_images=len(sets[0]))
     return table
+
+
+def save_result(results_path: Path, record: dict, metrics: dict, **counts) -> dict:
+    """Print the familiar metrics line and record it in ``results.json``; returns ``metrics``."""
+    print(format_metrics(metrics))
+    record_result(results_path, dict(record, **metrics, **counts,
+                                     time=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+    return metrics
 
 
 def save_extras(args, run_dir: Path, tag: str, several: bool, sets, qf, gf) -> None:

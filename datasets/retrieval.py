@@ -1,7 +1,7 @@
 """Query and gallery sets of the retrieval protocol (docs/method.md §4)."""
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
@@ -12,9 +12,24 @@ from .folders import (check_bad_image_mode, dataset_split_dir, load_rgb, require
                       try_load_rgb)
 from .transforms import build_test_transform
 
-# mode -> (query folder, gallery folder)
-MODES = {1: ("query_satellite", "gallery_drone"), 2: ("query_drone", "gallery_satellite")}
-MODE_NAMES = {1: "Satellite->Drone", 2: "Drone->Satellite"}
+# mode -> (query folder, gallery folder); the numbers are those of test.py's --mode.
+MODES = {1: ("query_satellite", "gallery_drone"), 2: ("query_drone", "gallery_satellite"),
+         3: ("query_street", "gallery_satellite"), 4: ("query_satellite", "gallery_street"),
+         5: ("query_drone", "gallery_street"), 6: ("query_street", "gallery_drone")}
+
+
+def _view(folder: str) -> str:
+    """``query_drone`` -> ``drone``."""
+    return folder.split("_", 1)[1]
+
+
+# 1 -> "Satellite->Drone", 3 -> "Street->Satellite", ...
+MODE_NAMES = {mode: "->".join(_view(folder).capitalize() for folder in folders) for mode, folders in MODES.items()}
+# The directions between satellite and drone, which every dataset has; SUES-200 has no street view.
+AERIAL_MODES = tuple(mode for mode, folders in MODES.items() if "street" not in map(_view, folders))
+DATASET_MODES = {"university": tuple(MODES), "sues": AERIAL_MODES}
+# The directions whose queries are drone images, several per place (multi-query pools them).
+DRONE_QUERY_MODES = tuple(mode for mode, (query, _) in MODES.items() if _view(query) == "drone")
 
 
 def class_id(folder: Path) -> int:
@@ -74,19 +89,66 @@ class RetrievalFolder(Dataset):
         return self.transform(load_rgb(self.paths[index])), int(self.labels[index])
 
 
-def resolve_test_folders(test_dir, dataset: str, altitude: Optional[int], mode: int) -> Tuple[Path, Path]:
-    """``(query_dir, gallery_dir)`` of a retrieval direction.
-
-    mode 1 = Satellite->Drone (query_satellite, gallery_drone); mode 2 = Drone->Satellite
-    (query_drone, gallery_satellite). SUES-200 keeps them under ``test_dir/<altitude>/``.
-    """
+def check_mode(dataset: str, mode: int) -> int:
+    """``mode`` if it is a direction of ``dataset``, else a ValueError (SUES-200 has no street view)."""
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: expected 1 ({MODE_NAMES[1]}) or 2 ({MODE_NAMES[2]})")
+        raise ValueError(f"mode={mode!r}: expected one of " + ", ".join(f"{m} ({n})" for m, n in MODE_NAMES.items()))
+    if mode not in DATASET_MODES.get(dataset, tuple(MODES)):
+        raise ValueError(f"mode={mode} ({MODE_NAMES[mode]}): SUES-200 has no street view; its directions are "
+                         + " and ".join(f"{m} ({MODE_NAMES[m]})" for m in DATASET_MODES[dataset]))
+    return mode
+
+
+def _altitude_folders(base: Path) -> list:
+    """The SUES-200 altitude folders (digits, holding query/gallery folders) directly under ``base``."""
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and p.name.isdigit()
+                  and any((p / name).is_dir() for name in MODES[1] + MODES[2]))
+
+
+def _require_view_folder(base: Path, name: str, mode: int) -> Path:
+    """``base/name``, else one line naming it; a missing street folder is named without the spelling
+    hint (``query_street`` is no typo of ``query_satellite``), or said to be absent from SUES-200."""
+    expected = f"the {name} folder of {MODE_NAMES[mode]} retrieval"
+    if "street" not in name or (base / name).exists():
+        return require_dir(base / name, expected)
+    altitudes = _altitude_folders(base)
+    if altitudes:
+        raise UserError(f"{base / name} not found: {base} is a SUES-200 test split (altitude folders "
+                        f"{', '.join(altitudes)}), and SUES-200 has no street view for {MODE_NAMES[mode]} retrieval")
+    raise UserError(f"{base / name} not found; expected {expected} (University-1652's street view)")
+
+
+def resolve_test_folders(test_dir, dataset: str, altitude: Optional[int], mode: int) -> Tuple[Path, Path]:
+    """``(query_dir, gallery_dir)`` of a retrieval direction: ``MODES[mode]`` under the test split.
+
+    Modes 1 and 2 are Satellite->Drone and Drone->Satellite; 3-6 involve University-1652's street
+    view (a ValueError for SUES-200, which keeps its folders under ``test_dir/<altitude>/``).
+    """
+    check_mode(dataset, mode)
     base = dataset_split_dir(test_dir, dataset, altitude, "the test folder of the dataset")
-    query, gallery = (require_dir(base / name, f"the {name} folder of {MODE_NAMES[mode]} retrieval")
-                      for name in MODES[mode])
+    # Street folders first: on a SUES-200 split, their absence is the problem to report.
+    folders = {name: _require_view_folder(base, name, mode)
+               for name in sorted(MODES[mode], key=lambda n: "street" not in n)}
+    query, gallery = (folders[name] for name in MODES[mode])
     scan_classes(query, f"the {MODES[mode][0]} folder with at least one query image")
     return query, gallery
+
+
+def modes_in_split(test_dir, dataset: str, altitude: Optional[int] = None) -> Tuple[List[int], Dict[int, List[str]]]:
+    """The directions of ``dataset`` the test split holds, and the skipped ones with their missing folders.
+
+    The Satellite/Drone directions are always listed (:func:`resolve_test_folders` reports their
+    missing folders); a street direction is listed only when both of its folders exist.
+    """
+    base = dataset_split_dir(test_dir, dataset, altitude, "the test folder of the dataset")
+    present, skipped = [], {}
+    for mode in DATASET_MODES[dataset]:
+        missing = [name for name in MODES[mode] if not (base / name).is_dir()]
+        if missing and mode not in AERIAL_MODES:
+            skipped[mode] = missing
+        else:
+            present.append(mode)
+    return present, skipped
 
 
 def build_test_sets(test_dir, dataset: str = "university", altitude: Optional[int] = None, mode: int = 2,

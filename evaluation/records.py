@@ -1,11 +1,16 @@
 """``results.json``: every evaluation of a run, each under its own key, kept side by side.
 
-A key names everything that changes the numbers — dataset and altitude, direction, checkpoint,
-input size, flip TTA, engine, device and precision — so evaluating at another size, from a packed file or
-in another precision adds a record instead of replacing one. Each record also carries the test
-folder and the time. Several ``test.py`` processes may evaluate one run at once: records are
-merged into the file under an exclusive lock and written atomically, so no process drops another's
-results and a reader never sees a half-written file.
+A key names everything that changes the numbers — dataset and altitude, direction, single or
+multi-query, checkpoint, input size, test scales, flip TTA, engine, device and precision — so
+evaluating at another size, from a packed file or in another precision adds a record instead of
+replacing one. Each record also carries the test folder and the time. Several ``test.py``
+processes may evaluate one run at once: records are merged into the file under an exclusive lock
+and written atomically, so no process drops another's results and a reader never sees a
+half-written file.
+
+Records written before multi-scale and multi-query tests existed have no ``scales`` or ``query``
+field; they are read as the standard protocol (``scales`` [1.0], ``query`` "single"), which is also
+what their keys, unchanged for that protocol, say.
 """
 import json
 from pathlib import Path
@@ -18,12 +23,29 @@ RESULTS_FILE = "results.json"
 LOCK_SUFFIX = ".lock"
 
 
+# The standard protocol: one query per image, descriptors at the input size only.
+DEFAULT_FIELDS = {"query": "single", "scales": [1.0]}
+
+
+def scales_label(scales) -> str:
+    """``[1.0, 1.1]`` -> ``1,1.1``: each scale exactly (its shortest repr), without a trailing ``.0``."""
+    return ",".join(repr(float(s)).removesuffix(".0") for s in scales)
+
+
 def record_key(record: dict) -> str:
     """``university/Drone->Satellite/last.pth/256x256/flip/float/cpu-fp32`` (the altitude follows a
-    SUES-200 dataset name: ``sues/150/...``; the last part is the device type and precision)."""
+    SUES-200 dataset name: ``sues/150/...``; the last part is the device type and precision).
+
+    Only where a record departs from the standard protocol does its key say so: ``multi-query``
+    after the direction, and the scales after the size (``256x256/ms1,1.1``), so that keys of
+    standard evaluations are those of files written before these options existed.
+    """
+    record = dict(DEFAULT_FIELDS, **record)
     parts = [record["dataset"]] + ([str(record["altitude"])] if record.get("altitude") is not None else [])
-    parts += [record["direction"], record["checkpoint"], f"{record['h']}x{record['w']}",
-              "flip" if record["flip"] else "noflip", record["engine"],
+    parts += [record["direction"]] + (["multi-query"] if record["query"] == "multi" else [])
+    parts += [record["checkpoint"], f"{record['h']}x{record['w']}"]
+    parts += [f"ms{scales_label(record['scales'])}"] if list(map(float, record["scales"])) != [1.0] else []
+    parts += ["flip" if record["flip"] else "noflip", record["engine"],
               f"{record['device'].split()[0]}-{record['precision']}"]
     return "/".join(parts)
 
@@ -62,8 +84,9 @@ def record_result(path: Path, record: dict) -> str:
 
 
 def _fields(key: str, record: dict) -> dict:
-    """A record's identifying fields; records written before keys named them (``dataset[/alt]/
-    direction``) are read from their key."""
+    """A record's identifying fields, the standard protocol's where it names none; records written
+    before keys named them (``dataset[/alt]/direction``) are read from their key."""
+    record = dict(DEFAULT_FIELDS, **record)
     if "direction" in record:
         return record
     parts = key.split("/")
@@ -74,7 +97,13 @@ def _fields(key: str, record: dict) -> dict:
 def latest_record(results: dict, dataset: str, direction: str, altitude: Optional[int] = None,
                   **match) -> Optional[dict]:
     """The newest record of one dataset/altitude/direction whose other fields equal ``match``
-    (e.g. ``h=256, w=256``), or None."""
+    (e.g. ``h=256, w=256``), or None.
+
+    Unless ``match`` says otherwise (``query="multi"``, ``scales=[1, 1.1]``), only records of the
+    standard protocol (single queries, scale 1) are considered.
+    """
+    match = dict(DEFAULT_FIELDS, **match)
+    match["scales"] = [float(s) for s in match["scales"]]
     candidates = [
         _fields(key, record) for key, record in results.items() if isinstance(record, dict)
     ]
