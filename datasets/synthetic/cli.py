@@ -9,7 +9,12 @@ import time
 
 from utils.errors import exit_on_user_error
 
-from .layouts import SUES_TRAIN_SHARE, generate_sues, generate_university
+from .layouts import MANIFEST, SUES_TRAIN_SHARE, generate_sues, generate_university
+
+# University-only flags of the per-place counts of ground-level images: parameter, folder.
+STREET_FLAGS = {"streets": ("street_per_place", "train/street"), "google": ("google_per_place", "train/google"),
+                "query_streets": ("query_street_per_place", "test/query_street"),
+                "gallery_streets": ("gallery_street_per_place", "test/gallery_street")}
 
 
 def _default(generate, parameter: str):
@@ -38,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sues: all places, train and test (default: %(default)s)")
     parser.add_argument("--drones", type=int, default=_default(generate_university, "drones_per_place"),
                         help="drone images per place (per altitude for sues) (default: %(default)s)")
+    for flag, (parameter, folder) in STREET_FLAGS.items():
+        parser.add_argument(f"--{flag}", type=int, default=_default(generate_university, parameter),
+                            help=f"university: {folder} images per place (default: %(default)s)")
     parser.add_argument("--size", type=int, default=_default(generate_university, "image_size"),
                         help="image side in pixels (default: %(default)s)")
     altitudes = _default(generate_sues, "altitudes")
@@ -59,8 +67,9 @@ def main(argv=None) -> dict:
         shared["train_places"] = args.train_places
     try:
         if args.layout == "university":
-            summary = generate_university(args.out, test_places=args.test_places,
-                                          distractor_places=args.distractor_places, **shared)
+            summary = generate_university(
+                args.out, test_places=args.test_places, distractor_places=args.distractor_places,
+                **{parameter: getattr(args, flag) for flag, (parameter, _) in STREET_FLAGS.items()}, **shared)
         else:
             summary = generate_sues(args.out, places=args.places, altitudes=args.altitudes, **shared)
     except ValueError as err:  # the generators check their parameters before writing anything
@@ -68,4 +77,7 @@ def main(argv=None) -> dict:
     print(f"wrote {summary['layout']} dataset to {summary['root']} in {time.perf_counter() - start:.1f}s")
     for folder, count in summary["folders"].items():
         print(f"  {folder:<28} {count['classes']:5d} classes {count['images']:6d} images")
+    if summary.get("google_neighbours"):
+        print(f"  train/google: {len(summary['google_neighbours'])} of its images show another training "
+              f"place (listed in {MANIFEST})")
     return summary

@@ -6,16 +6,16 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from PIL import Image
 
 from utils.errors import UserError
 
 from ..folders import SUES_ALTITUDES
-from .render import (DRONE_LOOK, GOOGLE_LOOK, SATELLITE_LOOK, Photometry, drone_view, render,
-                     render_street, satellite_view)
+from .render import DRONE_LOOK, SATELLITE_LOOK, drone_view, render, satellite_view
 from .scene import Scene, Stream, make_scene, place_rng
+from .street import render_google, render_street
 
 MANIFEST = "synthetic.json"
 JPEG_QUALITY = 90
@@ -70,9 +70,9 @@ def _prepare_output(out) -> Path:
     return out
 
 
-def _finish(writer: _Writer, layout: str, parameters: dict) -> dict:
+def _finish(writer: _Writer, layout: str, parameters: dict, **extra) -> dict:
     summary = {"layout": layout, "root": str(writer.root), "parameters": parameters,
-               "folders": writer.summary()}
+               "folders": writer.summary(), **extra}
     manifest = {k: v for k, v in summary.items() if k != "root"}
     (writer.root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return summary
@@ -91,73 +91,97 @@ def _satellite(scene: Scene, seed: int, place: int, size: int) -> Image.Image:
 
 
 def _oblique_files(scene: Scene, size: int, names: Sequence[str], rngs, half_size: Callable,
-                   tilt: Tuple[float, float], look: Photometry = DRONE_LOOK) -> list:
-    """Encoded oblique renders, one per name; ``half_size(rng)`` draws each view's altitude."""
+                   tilt: Tuple[float, float]) -> list:
+    """Encoded drone renders, one per name; ``half_size(rng)`` draws each view's altitude."""
     files = []
     for name, rng in zip(names, rngs):
         view = drone_view(rng, scene.sun, half_size(rng), tilt)
-        files.append((name, _encode(render(scene, view, size, rng, look, occlude=True))))
+        files.append((name, _encode(render(scene, view, size, rng, DRONE_LOOK, occlude=True))))
     return files
 
 
-def _university_train_extras(writer: _Writer, scene: Scene, cid: str, seed: int, place: int,
-                             image_size: int, streets: int, google: int):
-    """Street views and google (oblique, low altitude) images exist for training places only."""
-    images = [render_street(scene, image_size, place_rng(seed, place, Stream.STREET, k))
-              for k in range(streets)]
-    writer.write("train/street", cid, [(f"street-{k + 1:02d}.jpg", _encode(image))
-                                       for k, image in enumerate(images)])
-    writer.write("train/google", cid, _oblique_files(
-        scene, image_size, [f"google-{k + 1:02d}.jpg" for k in range(google)],
-        (place_rng(seed, place, Stream.GOOGLE, k) for k in range(google)),
-        lambda rng: rng.uniform(0.2, 0.35), (0.35, 0.5), GOOGLE_LOOK))
+def _street_files(scene: Scene, seed: int, place: int, size: int, stream: Stream, count: int) -> list:
+    return [(f"street-{k + 1:02d}.jpg", _encode(render_street(scene, size, place_rng(seed, place, stream, k))))
+            for k in range(count)]
+
+
+def _google_plan(seed: int, train_ids: range, google: int) -> Tuple[Dict[int, int], Dict[int, Tuple[int, int]]]:
+    """Google images per training place, and ``{place: (frame, neighbour)}`` for the places one
+    of whose google frames shows another training place.
+
+    About one place in eight (at least one) has none, as some classes have no google images in
+    the real data; about one in four of the others (at least one) holds a neighbour's frame, as
+    image-search results are noisy. Ids carry no geography, so the neighbour is drawn at random.
+    """
+    shuffled = place_rng(seed, 0, Stream.CHOICE).permutation(train_ids).tolist()
+    cut = max(1, len(shuffled) // 8)
+    counts = {place: 0 if i < cut else google for i, place in enumerate(shuffled)}
+    neighbours = {}
+    for place in shuffled[cut:cut + max(1, len(shuffled) // 4)] if google else ():
+        rng = place_rng(seed, place, Stream.NEIGHBOUR)
+        neighbours[place] = (int(rng.integers(google)), int(rng.choice([p for p in train_ids if p != place])))
+    return counts, neighbours
+
+
+def _google_files(scene: Scene, seed: int, place: int, size: int, count: int, neighbour=None) -> list:
+    """Google frames of a place; ``neighbour`` ``(frame, place)`` swaps one for another place's scene."""
+    files = []
+    for k in range(count):
+        shown = make_scene(seed, neighbour[1], size) if neighbour and k == neighbour[0] else scene
+        files.append((f"google-{k + 1:02d}.jpg",
+                      _encode(render_google(shown, size, place_rng(seed, place, Stream.GOOGLE, k)))))
+    return files
 
 
 def generate_university(out, *, train_places: int = 40, test_places: int = 30,
                         distractor_places: int = 10, drones_per_place: int = 8,
                         image_size: int = 128, seed: int = 0, street_per_place: int = 2,
-                        google_per_place: int = 2) -> dict:
+                        google_per_place: int = 2, query_street_per_place: int = 3,
+                        gallery_street_per_place: int = 3) -> dict:
     """Write a University-1652-like dataset under ``out``; returns a summary of the folders.
 
     Test places get ids 0000.., train places continue after them, then the distractors, which
-    appear only in the galleries. About one train place in eight (at least one) has an empty
-    google folder, as some classes have no google images in the real data.
+    appear only in the galleries. Street and google images are ground-level photos (see
+    ``street``); the query and gallery street images of a place are different frames. The
+    summary's ``google_neighbours`` maps each google file showing another place to that place.
     """
-    _check_counts(train_places=(train_places, 1), test_places=(test_places, 1),
-                  distractor_places=(distractor_places, 0), drones_per_place=(drones_per_place, 1),
-                  image_size=(image_size, 32), street_per_place=(street_per_place, 0),
-                  google_per_place=(google_per_place, 0))
+    counts = dict(train_places=train_places, test_places=test_places, distractor_places=distractor_places,
+                  drones_per_place=drones_per_place, image_size=image_size, street_per_place=street_per_place,
+                  google_per_place=google_per_place, query_street_per_place=query_street_per_place,
+                  gallery_street_per_place=gallery_street_per_place)
+    minimum = dict(train_places=1, test_places=1, drones_per_place=1, image_size=32)
+    _check_counts(**{name: (value, minimum.get(name, 0)) for name, value in counts.items()})
     writer = _Writer(_prepare_output(out))
     test_ids = range(test_places)
     train_ids = range(test_places, test_places + train_places)
     distractor_ids = range(train_ids.stop, train_ids.stop + distractor_places)
-    shuffled = place_rng(seed, 0, Stream.CHOICE).permutation(train_ids)
-    no_google = set(shuffled[:max(1, train_places // 8)].tolist())
+    google, neighbours = _google_plan(seed, train_ids, google_per_place)
     drone_names = [f"image-{k + 1:02d}.jpeg" for k in range(drones_per_place)]
 
     for place in [*test_ids, *train_ids, *distractor_ids]:
         cid = f"{place:04d}"
         scene = make_scene(seed, place, image_size)
-        satellite = [(f"{cid}.jpg", _encode(_satellite(scene, seed, place, image_size)))]
-        drones = _oblique_files(scene, image_size, drone_names,
-                                (place_rng(seed, place, Stream.DRONE, k) for k in range(drones_per_place)),
-                                lambda rng: rng.uniform(0.3, 0.5), (0.1, 0.45))
+        views = {"satellite": [(f"{cid}.jpg", _encode(_satellite(scene, seed, place, image_size)))],
+                 "drone": _oblique_files(scene, image_size, drone_names,
+                                         (place_rng(seed, place, Stream.DRONE, k) for k in range(drones_per_place)),
+                                         lambda rng: rng.uniform(0.3, 0.5), (0.1, 0.45))}
         if place in train_ids:
-            writer.write("train/satellite", cid, satellite)
-            writer.write("train/drone", cid, drones)
-            _university_train_extras(writer, scene, cid, seed, place, image_size, street_per_place,
-                                     0 if place in no_google else google_per_place)
-            continue
-        writer.write("test/gallery_satellite", cid, satellite)
-        writer.write("test/gallery_drone", cid, drones)
-        if place in test_ids:
-            writer.write("test/query_satellite", cid, satellite)
-            writer.write("test/query_drone", cid, drones)
+            views["street"] = _street_files(scene, seed, place, image_size, Stream.STREET, street_per_place)
+            views["google"] = _google_files(scene, seed, place, image_size, google[place], neighbours.get(place))
+            writes = [("train/", views)]
+        else:  # the query and gallery street images of a place are different frames
+            writes = [("test/gallery_", dict(views, street=_street_files(
+                scene, seed, place, image_size, Stream.GALLERY_STREET, gallery_street_per_place)))]
+            if place in test_ids:
+                writes.append(("test/query_", dict(views, street=_street_files(
+                    scene, seed, place, image_size, Stream.QUERY_STREET, query_street_per_place))))
+        for prefix, files_of in writes:
+            for view, files in files_of.items():
+                writer.write(prefix + view, cid, files)
 
-    return _finish(writer, "university", dict(
-        train_places=train_places, test_places=test_places, distractor_places=distractor_places,
-        drones_per_place=drones_per_place, image_size=image_size, seed=seed,
-        street_per_place=street_per_place, google_per_place=google_per_place))
+    return _finish(writer, "university", dict(counts, seed=seed), google_neighbours={
+        f"{place:04d}/google-{frame + 1:02d}.jpg": f"{shown:04d}"
+        for place, (frame, shown) in sorted(neighbours.items())})
 
 
 def _check_sues(places: int, train_places: int, drones_per_place: int, image_size: int,

@@ -38,7 +38,6 @@ class Photometry:
 
 SATELLITE_LOOK = Photometry()
 DRONE_LOOK = Photometry(colour=0.08, brightness=0.15, contrast=0.15, haze=0.2, noise=3.0)
-GOOGLE_LOOK = Photometry(colour=0.15, brightness=0.25, contrast=0.25, haze=0.3, noise=5.0)
 
 
 def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -164,7 +163,8 @@ def _occlude(image: Image.Image, rng: np.random.Generator):
     ImageDraw.Draw(image).ellipse([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=colour)
 
 
-def _photometric(image: Image.Image, rng: np.random.Generator, look: Photometry) -> Image.Image:
+def photometric(image: Image.Image, rng: np.random.Generator, look: Photometry) -> Image.Image:
+    """Per-image contrast, colour gain, haze and sensor noise drawn from the ranges of ``look``."""
     pixels = np.asarray(image, np.float32)
     mean = pixels.mean()
     pixels = (pixels - mean) * rng.uniform(1 - look.contrast, 1 + look.contrast) + mean
@@ -196,35 +196,4 @@ def render(scene: Scene, view: View, size: int, rng: np.random.Generator, look: 
     _fill(image, world_to_px, [polygon for _, polygons in objects for polygon in polygons])
     if occlude and rng.uniform() < 0.5:
         _occlude(image, rng)
-    return _photometric(image.reduce(SUPERSAMPLE), rng, look)
-
-
-def render_street(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
-    """Ground-level view: facades of the buildings ahead, over sky and ground."""
-    work = size * SUPERSAMPLE
-    horizon = work * rng.uniform(0.45, 0.6)
-    image = Image.new("RGB", (work, work), colour_tuple(scene.base))
-    draw = ImageDraw.Draw(image)
-    for y in range(int(horizon)):
-        draw.line([(0, y), (work, y)], fill=(int(120 + 60 * y / horizon), int(160 + 40 * y / horizon), 225))
-    heading = rng.uniform(0, 2 * math.pi)
-    forward = np.array([math.cos(heading), math.sin(heading)])
-    right = np.array([forward[1], -forward[0]])
-    camera, focal, eye = -0.9 * forward + rng.normal(0, 0.1, 2), 0.6 * work, 0.015
-    facades = []
-    for b in scene.buildings:
-        depth = (b.footprint - camera) @ forward
-        if (depth < 0.1).any():
-            continue
-        x = work / 2 + focal * ((b.footprint - camera) @ right) / depth
-        near = depth.min()
-        facades.append((near, x.min(), x.max(), horizon + focal * eye / near,
-                        horizon + focal * (eye - 3 * b.height) / near, b))
-    for near, left, right_x, bottom, top, b in sorted(facades, key=lambda f: -f[0]):
-        draw.rectangle([left, top, right_x, bottom], fill=colour_tuple(b.wall))
-        draw.rectangle([left, top, right_x, top + 0.12 * (bottom - top)], fill=colour_tuple(b.roof))
-        step = max(4.0, (right_x - left) / 8)
-        for wx in np.arange(left + step / 2, right_x - step / 2, step):
-            for wy in np.arange(top + 0.25 * (bottom - top), bottom - step, step):
-                draw.rectangle([wx, wy, wx + step / 2, wy + step / 2], fill=colour_tuple(b.wall * 0.5))
-    return _photometric(image.reduce(SUPERSAMPLE), rng, DRONE_LOOK)
+    return photometric(image.reduce(SUPERSAMPLE), rng, look)

@@ -25,6 +25,9 @@ class Stream(IntEnum):
     STREET = 3
     GOOGLE = 4
     CHOICE = 5
+    QUERY_STREET = 6
+    GALLERY_STREET = 7
+    NEIGHBOUR = 8
 
 
 def place_rng(seed: int, place: int, stream: Stream, *keys: int) -> np.random.Generator:
@@ -60,10 +63,11 @@ class Tree:
 @dataclass(frozen=True)
 class Scene:
     ground: Image.Image  # raster of [-WORLD, WORLD]^2: texture, fields, roads
-    base: np.ndarray  # dominant ground colour, also the street-view ground
+    base: np.ndarray  # dominant ground colour, also what views see beyond the raster
     buildings: Tuple[Building, ...]
     trees: Tuple[Tree, ...]
     sun: np.ndarray  # shadow offset per unit of height, in world units
+    roads: Tuple[Road, ...]  # where street-level cameras stand
 
     @property
     def ground_from_world(self) -> np.ndarray:
@@ -78,7 +82,8 @@ def _rectangle(centre, length, width, angle) -> np.ndarray:
     return np.array([centre - u - v, centre + u - v, centre + u + v, centre - u + v])
 
 
-def _random_hsv(rng, sat, val) -> np.ndarray:
+def random_hsv(rng, sat, val) -> np.ndarray:
+    """RGB of a random hue, with saturation and value drawn from the given ranges."""
     return 255 * np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*sat), rng.uniform(*val)))
 
 
@@ -130,7 +135,7 @@ def _paint_ground(rng, res: int) -> Tuple[Image.Image, np.ndarray, List[Road]]:
 
 
 def _building(rng, centre, length, width, angle) -> Building:
-    roof = _random_hsv(rng, (0.15, 0.75), (0.45, 0.95))
+    roof = random_hsv(rng, (0.15, 0.75), (0.45, 0.95))
     wall = 0.8 * (0.5 * roof + 0.5 * np.array([190, 180, 165]))
     detail = None
     if rng.uniform() < 0.5:
@@ -188,4 +193,4 @@ def make_scene(seed: int, place: int, image_size: int) -> Scene:
     trees = _place_trees(rng, roads, spots)
     sun_angle = rng.uniform(0, 2 * math.pi)
     sun = rng.uniform(0.3, 0.8) * np.array([math.cos(sun_angle), math.sin(sun_angle)])
-    return Scene(ground, base, tuple(buildings), tuple(trees), sun)
+    return Scene(ground, base, tuple(buildings), tuple(trees), sun, tuple(roads))
