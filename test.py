@@ -18,10 +18,10 @@ view's 3 Street->Satellite, 4 Satellite->Street, 5 Drone->Street, 6 Street->Dron
 and 2, ``all`` every direction whose query and gallery folders the test split holds (a note names
 the street directions it skips; on SUES-200, which has no street view, 1 and 2).
 
-``--ms 1,1.125`` is MCCG's multi-scale test: the network also sees each batch resized by every
-scale s != 1 (bilinear), and the branch features of all scales (and mirrors) are summed before
-normalization; a scale is a factor on height and width, not MCCG's area ratio (its ``--ms 1,1.1``
-resizes by sqrt(1.1)). The key then carries ``ms1,1.125`` after the size. ``--multi`` adds
+``--ms 1,1.1`` is MCCG's multi-scale test with MCCG's meaning: each value s is an area ratio, so
+the network also sees each batch resized (bilinear) by sqrt(s) in height and width, and the branch
+features of all scales (and mirrors) are summed before normalization. The key then carries
+``ms1,1.1`` after the size. ``--multi`` adds
 University-1652's multiple-query result to each direction with drone queries (2 and 5): the
 descriptors of one place's drone queries are averaged and renormalized into one query, one per
 place, ranked against the same gallery; its key carries ``multi-query`` after the direction.
@@ -35,6 +35,7 @@ such as ``drone_to_satellite``, ``street_to_satellite`` or ``150m_satellite_to_d
 framed green and mistakes red.
 """
 import argparse
+import math
 import os
 import sys
 from datetime import datetime, timezone
@@ -84,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="both", choices=[*map(str, MODES), "both", "all"],
                    help=mode_help())
     p.add_argument("--ms", default="1", metavar="S[,S...]",
-                   help="multi-scale test: comma-separated factors on height and width (e.g. 1,1.125); the "
-                        "features at every scale are summed")
+                   help="multi-scale test, as MCCG's: comma-separated area ratios (e.g. 1,1.1); each resizes the "
+                        "input by sqrt(S) in height and width, and the features at every scale are summed")
     p.add_argument("--multi", action="store_true",
                    help="also evaluate multiple queries: one query per place, the renormalized mean of its drone "
                         f"queries' descriptors, in the directions with drone queries "
@@ -156,7 +157,7 @@ def extract(model, images, args, device, desc: str):
     loader = DataLoader(images, batch_size=args.batchsize, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
     return extract_features(model, loader, device, amp=args.amp, flip=not args.no_flip, desc=desc,
-                            scales=args.scales)[0]
+                            scales=side_factors(args.scales))[0]
 
 
 def print_table(dataset: str, rows: dict) -> None:
@@ -178,12 +179,17 @@ def print_table(dataset: str, rows: dict) -> None:
 
 
 def parse_scales(text: str) -> tuple:
-    """``--ms 1,1.1`` -> (1.0, 1.1): distinct finite positive numbers."""
+    """``--ms 1,1.1`` -> (1.0, 1.1): distinct finite positive numbers (MCCG's area ratios)."""
     try:
         return check_scales(float(value) for value in text.split(","))
     except ValueError:
-        raise UserError(f"--ms {text!r}: expected distinct positive numbers separated by commas, such as 1,1.125") \
+        raise UserError(f"--ms {text!r}: expected distinct positive numbers separated by commas, such as 1,1.1") \
             from None
+
+
+def side_factors(area_ratios: tuple) -> tuple:
+    """The resize factor on height and width of each ``--ms`` area ratio, as MCCG's test.py takes it."""
+    return tuple(math.sqrt(ratio) for ratio in area_ratios)
 
 
 def check_flags(args) -> None:
@@ -202,7 +208,7 @@ def check_flags(args) -> None:
 def check_sizes(model, h: int, w: int, scales: tuple, model_name: str) -> None:
     """The network must take the input size and every scaled size: one line naming the flag if not."""
     for scale in (1.0, *(s for s in scales if s != 1)):
-        size = scaled_size(h, w, scale)
+        size = scaled_size(h, w, math.sqrt(scale))
         try:
             if min(size) < 1:
                 raise ValueError(f"{size[0]}x{size[1]} is no image size")

@@ -6,10 +6,10 @@ so every branch weighs the same in the dot-product score and the concatenation i
 
 Multi-scale test (MCCG's ``--ms``): for every scale s != 1 the input batch (and its mirror) is
 also resized by bilinear interpolation (``scale_factor=s``, ``align_corners=False``), and the
-branch features at every scale are summed before the per-branch normalization. Unlike MCCG's
-code, which takes the square root of each ``--ms`` value (an area ratio) and resizes the
-already resized batch again at each further scale, a scale here is the factor applied to the
-input's height and width, each time to the original batch.
+branch features at every scale are summed before the per-branch normalization. A scale here is
+the factor on height and width (``test.py --ms`` takes MCCG's area ratios and passes their square
+roots), applied each time to the original batch: MCCG's code resizes the already resized batch
+again at a third scale, which only matters with more than two.
 
 Multi-query (:func:`pool_queries`): the descriptors of one place's queries become one query.
 """

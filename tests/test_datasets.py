@@ -220,8 +220,9 @@ def test_resolve_test_folders(university_root, sues_root):
     sues = sues_root / "test" / "150"
     assert resolve_test_folders(sues_root / "test", "sues", 150, 2) == (sues / "query_drone",
                                                                          sues / "gallery_satellite")
-    with pytest.raises(ValueError, match="mode=3"):
-        resolve_test_folders(test, "university", None, 3)
+    assert resolve_test_folders(test, "university", None, 3) == (test / "query_street", test / "gallery_satellite")
+    with pytest.raises(ValueError, match="mode=7"):
+        resolve_test_folders(test, "university", None, 7)
 
 
 def test_build_test_sets_sizes(sues_root, sues_spec):

@@ -122,8 +122,9 @@ def test_ms_metrics_equal_those_of_directly_computed_multi_scale_features(evalua
     run, outputs, results = evaluated
     model, _, _ = load_trained_model(run)
     query_set, gallery_set = build_test_sets(university_root / "test", "university", None, 2, SIZE, SIZE)
-    query_f, query_l = extract_features(model, DataLoader(query_set, batch_size=32), "cpu", scales=(1, 1.5))
-    gallery_f, gallery_l = extract_features(model, DataLoader(gallery_set, batch_size=32), "cpu", scales=(1, 1.5))
+    sides = (1, math.sqrt(1.5))  # --ms 1,1.5 are MCCG's area ratios: sides resized by their square roots
+    query_f, query_l = extract_features(model, DataLoader(query_set, batch_size=32), "cpu", scales=sides)
+    gallery_f, gallery_l = extract_features(model, DataLoader(gallery_set, batch_size=32), "cpu", scales=sides)
     direct = {"single": evaluate_retrieval(query_f, query_l, gallery_f, gallery_l),
               "multi": evaluate_retrieval(*pool_queries(query_f, query_l), gallery_f, gallery_l)}
     for query, metrics in direct.items():
@@ -159,7 +160,7 @@ def test_scaled_size_the_network_cannot_take_is_one_line_error(capsys, evaluated
     run = shutil.copytree(evaluated[0], tmp_path / "teacher")
     (run / "results.json").unlink()
     assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", tmp_path, "--test_dir",
-                                   university_root / "test", "--ms", "1,0.25"], "--ms 0.25",
+                                   university_root / "test", "--ms", "1,0.0625"], "--ms 0.0625",
                           f"{SIZE}x{SIZE} input resized to 16x16", "cannot take 16x16")
     assert not (run / "results.json").exists()
 

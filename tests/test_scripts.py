@@ -97,6 +97,22 @@ def test_script_stops_before_training_when_the_dataset_is_missing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_script_with_three_views_trains_both_on_street_images_and_evaluates_every_direction(university_root,
+                                                                                             tmp_path):
+    result = run_script(data_env(university_root, tmp_path, VIEWS="3", EXTRA_GOOGLE="1"), *TINY.split(),
+                        "--bigradual_n1", "0", "--bigradual_n2", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    directions = ("Satellite->Drone", "Drone->Satellite", "Street->Satellite", "Satellite->Street",
+                  "Drone->Street", "Street->Drone")
+    for run in ("teacher_university_3views_google", "bicrossnet_university_3views_google"):
+        opts = (tmp_path / "runs" / run / "opts.yaml").read_text()
+        assert "views: 3" in opts and "extra_Google: true" in opts
+        results = json.loads((tmp_path / "runs" / run / "results.json").read_text())
+        assert sorted(r["direction"] for r in results.values()) == sorted(directions)
+    for direction in directions:  # every direction's line, for teacher and student
+        assert result.stdout.count(f"University-1652 {direction}:") == 2
+
+
 @pytest.mark.parametrize("script, env, message", [
     ("train_and_evaluate_sue_150.sh", {"VIEWS": "3"}, "VIEWS=3 needs street images; SUES-200 has none"),
     ("train_and_evaluate_university.sh", {"VIEWS": "4"}, "VIEWS must be 2 or 3, got '4'"),
