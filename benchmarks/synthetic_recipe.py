@@ -9,7 +9,11 @@ generated dataset:
   Lion (binary weights) / Adam (the rest);
 - ``no_kd``: the same without distillation;
 - ``no_bigradual``: everything trains from the first epoch (n1 = n2 = 0);
-- ``single_optimizer``: one Adam optimizer for all parameters, binary latent weights included.
+- ``single_optimizer``: one Adam optimizer for all parameters, binary latent weights included;
+- ``three_views`` (only when asked for, with ``--variants``): the full recipe with ``--views 3``
+  (street images added to every step), distilled from a teacher trained with three views
+  (``teacher_3views``, added with it). Its runs are evaluated in every direction, street ones
+  included, and so are all the others of that call (``--mode all``).
 
 The table gives mean ± standard deviation over the seeds (sample standard deviation, n - 1) of
 R@1 and AP in both directions; a second table gives each variant's difference from the full recipe
@@ -48,8 +52,10 @@ from evaluation.records import RESULTS_FILE, latest_record, load_results
 
 REPO = Path(__file__).resolve().parents[1]
 DIRECTIONS = (("Drone->Satellite", "D→S"), ("Satellite->Drone", "S→D"))
+STREET_DIRECTIONS = (("Street->Satellite", "St→S"), ("Satellite->Street", "S→St"), ("Drone->Street", "D→St"),
+                     ("Street->Drone", "St→D"))
 METRICS = (("recall@1", "R@1"), ("ap", "AP"))
-COLUMNS = [(direction, short, metric, label) for direction, short in DIRECTIONS for metric, label in METRICS]
+DEFAULT_VARIANTS = ("teacher", "full", "no_kd", "no_bigradual", "single_optimizer")
 REFERENCE = "full"
 SMOKE = dict(train_places=8, test_places=5, distractor_places=2, drones=3, image_size=64, size=32, epochs=3,
              sample_num=1, seeds=[1, 2])
@@ -79,7 +85,8 @@ def parse_args(argv=None):
                         help="evaluate with flip test-time augmentation (test.py's default; twice the evaluation time)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run of every variant per seed")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help="only these variants (default: all; the teacher trains whenever a variant distils)")
+                        help=f"these variants (default: {' '.join(DEFAULT_VARIANTS)}; also three_views; a "
+                             f"variant's teacher trains whenever it distils)")
     parser.add_argument("--num_workers", type=int, default=0,
                         help="data-loading processes of train.py and test.py (0: in the main process, which "
                              "keeps each run on one core; the trial timings were measured so)")
@@ -99,28 +106,39 @@ def parse_args(argv=None):
 
 
 def variants(opts) -> dict:
-    """Variant name → (table label, train.py flags, distils from the seed's teacher)."""
+    """Variant name → (table label, train.py flags, the variant it distils from or None)."""
     n1, n2 = max(1, opts.epochs // 8), max(2, opts.epochs // 4)
     phases = ["--bigradual_n1", str(n1), "--bigradual_n2", str(n2)]
     all_at_once = ["--bigradual_n1", "0", "--bigradual_n2", "0"]
     table = {
         "teacher": (f"teacher alone ({opts.teacher}, from scratch)",
-                    ["--model", opts.teacher, "--optimizer", "adam", *all_at_once], False),
-        "full": ("BiCrossNet-T, full recipe", ["--optimizer", "adamlion", *phases], True),
-        "no_kd": ("no distillation", ["--optimizer", "adamlion", *phases], False),
-        "no_bigradual": ("no bi-gradual unfreezing", ["--optimizer", "adamlion", *all_at_once], True),
+                    ["--model", opts.teacher, "--optimizer", "adam", *all_at_once], None),
+        "teacher_3views": (f"teacher alone, three views ({opts.teacher}, from scratch)",
+                           ["--model", opts.teacher, "--optimizer", "adam", *all_at_once, "--views", "3"], None),
+        "full": ("BiCrossNet-T, full recipe", ["--optimizer", "adamlion", *phases], "teacher"),
+        "no_kd": ("no distillation", ["--optimizer", "adamlion", *phases], None),
+        "no_bigradual": ("no bi-gradual unfreezing", ["--optimizer", "adamlion", *all_at_once], "teacher"),
         "single_optimizer": ("single optimizer (Adam for all, binary weights included)",
-                             ["--optimizer", "adam", *phases], True),
-        # The release preset goes here, as one more entry: ("label", [its train.py flags], distils).
+                             ["--optimizer", "adam", *phases], "teacher"),
+        "three_views": ("full recipe, three views (street images added; three-view teacher)",
+                        ["--optimizer", "adamlion", *phases, "--views", "3"], "teacher_3views"),
+        # The release preset goes here, as one more entry: ("label", [its train.py flags], teacher or None).
         # Everything below (runs, tables, differences from the full recipe, JSON) picks it up.
     }
     unknown = set(opts.variants or ()) - set(table)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(table)}")
-    chosen = [name for name in table if opts.variants is None or name in opts.variants]
-    if any(table[name][2] for name in chosen) and "teacher" not in chosen:
-        chosen.insert(0, "teacher")  # the students distil from it
-    return {name: table[name] for name in chosen}
+    wanted = set(opts.variants or DEFAULT_VARIANTS)
+    wanted |= {table[name][2] for name in wanted if table[name][2]}  # the teachers they distil from
+    return {name: table[name] for name in table if name in wanted}
+
+
+def columns(chosen: dict) -> list:
+    """``(direction, short, metric, label)`` of every table column: the street directions too when
+    a three-view variant runs (every run of the call is then evaluated in them)."""
+    three_views = any("--views" in flags for _, flags, _ in chosen.values())
+    directions = DIRECTIONS + (STREET_DIRECTIONS if three_views else ())
+    return [(direction, short, metric, label) for direction, short in directions for metric, label in METRICS]
 
 
 def run(cmd, threads: int) -> float:
@@ -136,28 +154,42 @@ def run(cmd, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def train_and_test(name, flags, opts, data: Path, ckpt: Path, seed: int) -> dict:
-    """Metrics and timings of one variant and seed, training and evaluating it unless done already."""
+def train_and_test(name, flags, opts, data: Path, ckpt: Path, seed: int, table_columns: list) -> dict:
+    """Metrics and timings of one variant and seed; trains it unless done already, and evaluates it
+    unless its results hold every direction of ``table_columns``."""
     run_dir, timing_file = ckpt / name, ckpt / name / "recipe_timing.json"
-    if not timing_file.is_file():
-        common = ["--num_workers", str(opts.num_workers), "--device", "cpu"]
+    common = ["--num_workers", str(opts.num_workers), "--device", "cpu"]
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    if "train_s" not in timing:
         timing = {"train_s": run(["train.py", "--name", name, "--checkpoint_dir", str(ckpt), "--data_dir",
                                   str(data / "train"), "--h", str(opts.size), "--w", str(opts.size), "--epochs",
                                   str(opts.epochs), "--steps", str(max(1, opts.epochs * 3 // 4)), "--sample_num",
                                   str(opts.sample_num), "--lr", str(opts.lr), "--seed", str(seed), "--overwrite",
                                   "--progress", "off", *common, *flags], opts.threads)}
+        timing_file.write_text(json.dumps(timing) + "\n")
+    metrics = read_metrics(run_dir, opts, table_columns)
+    if metrics is None:
+        mode = "both" if len(table_columns) == 2 * len(DIRECTIONS) else "all"
         timing["test_s"] = run(["test.py", "--name", name, "--checkpoint_dir", str(ckpt), "--test_dir",
-                                str(data / "test"), "--mode", "both", *common, *([] if opts.flip else ["--no_flip"])],
+                                str(data / "test"), "--mode", mode, *common, *([] if opts.flip else ["--no_flip"])],
                                opts.threads)
         timing_file.write_text(json.dumps(timing) + "\n")
+        metrics = read_metrics(run_dir, opts, table_columns)
+        if metrics is None:
+            raise SystemExit(f"{run_dir / RESULTS_FILE} lacks a direction of the table at {opts.size}x{opts.size}")
+    return {"metrics": metrics, "timing": timing}
+
+
+def read_metrics(run_dir: Path, opts, table_columns: list):
+    """``{short direction: {metric: value}}`` from the run's results, or None if a direction is missing."""
     results = load_results(run_dir / RESULTS_FILE)
     metrics = {}
-    for direction, short in DIRECTIONS:
+    for direction, short, metric, _ in table_columns:
         record = latest_record(results, "university", direction, h=opts.size, w=opts.size, flip=opts.flip)
         if record is None:
-            raise SystemExit(f"{run_dir / RESULTS_FILE} has no {direction} result at {opts.size}x{opts.size}")
-        metrics[short] = {metric: record[metric] for metric, _ in METRICS}
-    return {"metrics": metrics, "timing": json.loads(timing_file.read_text())}
+            return None
+        metrics.setdefault(short, {})[metric] = record[metric]
+    return metrics
 
 
 def prepare(opts, out: Path) -> Path:
@@ -181,10 +213,10 @@ def prepare(opts, out: Path) -> Path:
     return data
 
 
-def summarize(per_seed: list) -> dict:
+def summarize(per_seed: list, table_columns: list) -> dict:
     """Mean and sample standard deviation (n - 1) over seeds of every metric (std None for one seed)."""
     summary = {}
-    for _, short, metric, _ in COLUMNS:
+    for _, short, metric, _ in table_columns:
         values = [seed["metrics"][short][metric] for seed in per_seed]
         std = statistics.stdev(values) if len(values) > 1 else None
         summary[f"{short} {metric}"] = {"mean": statistics.mean(values), "std": std}
@@ -214,16 +246,16 @@ def mean_std(value: dict) -> str:
     return f"{value['mean']:.2f}" + ("" if value["std"] is None else f" ± {value['std']:.2f}")
 
 
-def markdown(opts, labels: dict, summaries: dict, deltas: dict, data_note: str) -> str:
-    header = "| run | " + " | ".join(f"{short} {label}" for _, short, _, label in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
+def markdown(opts, labels: dict, summaries: dict, deltas: dict, data_note: str, table_columns: list) -> str:
+    header = "| run | " + " | ".join(f"{short} {label}" for _, short, _, label in table_columns) + " |"
+    rule = "|---|" + "---:|" * len(table_columns)
     spread = (f"mean ± standard deviation over the {len(opts.seeds)} seeds" if len(opts.seeds) > 1
               else "one seed: no standard deviation, so no difference is judged")
     lines = [f"Synthetic University-1652 layout ({data_note}), {opts.size}×{opts.size}, {opts.epochs} epochs × "
              f"{opts.sample_num} draws per class, lr {opts.lr}, seeds {' '.join(map(str, opts.seeds))}; {spread}",
              "", header, rule]
     for name, summary in summaries.items():
-        cells = [mean_std(summary[f"{short} {metric}"]) for _, short, metric, _ in COLUMNS]
+        cells = [mean_std(summary[f"{short} {metric}"]) for _, short, metric, _ in table_columns]
         lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
     if not deltas:
         return "\n".join(lines)
@@ -231,10 +263,11 @@ def markdown(opts, labels: dict, summaries: dict, deltas: dict, data_note: str) 
               "two standard deviations, otherwise it is within the seed-to-seed spread.", "", header, rule]
     beyond = []
     for name, row in deltas.items():
-        cells = [f"{row[f'{short} {metric}']['delta']:+.2f}" for _, short, metric, _ in COLUMNS]
-        exceeds = [row[f"{short} {metric}"]["exceeds"] for _, short, metric, _ in COLUMNS]
+        cells = [f"{row[f'{short} {metric}']['delta']:+.2f}" for _, short, metric, _ in table_columns]
+        exceeds = [row[f"{short} {metric}"]["exceeds"] for _, short, metric, _ in table_columns]
         lines.append(f"| {labels[name]} | " + " | ".join(f"**{c}**" if e else c for c, e in zip(cells, exceeds)) + " |")
-        judged = [f"{short} {label} {cell}" for (_, short, _, label), cell, e in zip(COLUMNS, cells, exceeds) if e]
+        judged = [f"{short} {label} {cell}" for (_, short, _, label), cell, e in zip(table_columns, cells, exceeds)
+                  if e]
         if judged:
             beyond.append(f"{labels[name]}: " + ", ".join(judged))
     if len(opts.seeds) > 1:
@@ -258,18 +291,20 @@ def main(argv=None):
     out = Path(opts.out).resolve()
     data = prepare(opts, out)
     chosen = variants(opts)
+    table_columns = columns(chosen)
     per_seed = {name: [] for name in chosen}
     start = time.perf_counter()
     for seed in opts.seeds:
         ckpt = out / f"seed{seed}"
-        for name, (_, flags, distils) in chosen.items():
-            flags = flags + (["--teacher_path", str(ckpt / "teacher")] if distils else [])
-            per_seed[name].append(dict(seed=seed, **train_and_test(name, flags, opts, data, ckpt, seed)))
-    summaries = {name: summarize(runs) for name, runs in per_seed.items()}
+        for name, (_, flags, teacher) in chosen.items():
+            flags = flags + (["--teacher_path", str(ckpt / teacher)] if teacher else [])
+            per_seed[name].append(dict(seed=seed, **train_and_test(name, flags, opts, data, ckpt, seed,
+                                                                    table_columns)))
+    summaries = {name: summarize(runs, table_columns) for name, runs in per_seed.items()}
     deltas = differences(summaries)
     labels = {name: label for name, (label, _, _) in chosen.items()}
     note = data_note(data)
-    print("\n" + markdown(opts, labels, summaries, deltas, note))
+    print("\n" + markdown(opts, labels, summaries, deltas, note, table_columns))
     timings = [run["timing"] for runs in per_seed.values() for run in runs]
     total = sum(t["train_s"] + t["test_s"] for t in timings)
     print(f"\n{len(timings)} runs; training and evaluating them took {total / 60:.1f} min (when they ran), "
