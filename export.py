@@ -2,17 +2,21 @@
 
 The file is rebuilt with :func:`models.packing.load_packed` (``test.py --packed FILE``). After
 writing it, the export reloads it, compares eval features with the float checkpoint's on a
-random batch at the run's input size, and prints what the packing saved.
+random batch at the run's input size, and prints what the packing saved and how fast the packed
+file runs on this CPU with each engine (``--speed_batch``; ``benchmarks/feature_throughput.py`` is
+the full comparison, teacher included).
 
 Example: ``python export.py --name bicrossnet --teacher mccg_teacher``
 """
 import argparse
 import os
+import time
 from pathlib import Path
 
 import torch
 
-from models.packing import binary_weight_bytes, export_packed, load_packed, serialized_bytes
+from models import bitpacked
+from models.packing import ENGINES, binary_weight_bytes, export_packed, load_packed, serialized_bytes
 from models.run import load_checkpoint, load_opts, load_trained_model, resolve_run
 from utils.errors import UserError, exit_on_user_error
 
@@ -30,9 +34,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="teacher run (name under --checkpoint_dir, or a run directory) to list its size beside")
     parser.add_argument("--verify_batch", type=int, default=2, help="random images compared after reloading")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random verification batch")
+    parser.add_argument("--speed_batch", type=int, default=1,
+                        help="images per forward pass of the speed measurement (0: skip it)")
     args = parser.parse_args(argv)
     if args.verify_batch < 1:
         raise UserError(f"--verify_batch must be a positive integer, got {args.verify_batch}")
+    if args.speed_batch < 0:
+        raise UserError(f"--speed_batch must be >= 0, got {args.speed_batch}")
     return args
 
 
@@ -79,6 +87,36 @@ def max_feature_difference(model_a, model_b, batch: int, h: int, w: int, seed: i
     return (model_a(x) - model_b(x)).abs().max().item()
 
 
+@torch.inference_mode()
+def images_per_second(model, batch: int, h: int, w: int, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed forward passes of a random batch, after one untimed warm-up."""
+    x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
+    model(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        best = min(best, time.perf_counter() - start)
+    return batch / best
+
+
+def speed_table(path: Path, batch: int, h: int, w: int) -> str:
+    """Images per second of the packed file on every engine this machine runs (the bitpacked one
+    only for BNext students where its C++ ops build)."""
+    engines = [e for e in ENGINES if e == "float" or bitpacked.available()]
+    rows = []
+    for engine in engines:
+        try:
+            model, _ = load_packed(path, engine=engine)
+        except UserError:  # not a BNext student: the bitpacked engine does not apply
+            continue
+        rows.append((engine, images_per_second(model, batch, h, w)))
+    lines = [f"speed on this CPU ({torch.get_num_threads()} threads, batch {batch}, {h}x{w}, best of 3):",
+             "| engine | images / s | vs float |", "|---|---:|---:|"]
+    lines += [f"| {engine} | {rate:.2f} | {rate / rows[0][1]:.2f}x |" for engine, rate in rows]
+    return "\n".join(lines)
+
+
 def refuse_to_replace(out: Path) -> None:
     """An existing ``--out`` may only be an earlier packed export: never a checkpoint, opts.yaml or
     any other file of a run."""
@@ -116,6 +154,8 @@ def main(argv=None) -> None:
 
     teacher = teacher_sizes(args.teacher, args.checkpoint_dir) if args.teacher else None
     print(size_table(opts["model"], model, checkpoint_sizes(checkpoint_path, checkpoint), os.path.getsize(out), teacher))
+    if args.speed_batch:
+        print(speed_table(out, args.speed_batch, meta["h"], meta["w"]))
 
 
 if __name__ == "__main__":

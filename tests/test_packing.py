@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import export
-from models import build_model
+from models import bitpacked, build_model
 from models.binary import HardBinaryConv, ReCUConv2d
 from models.bnext import BNEXT_CHANNELS
 from utils.files import save_checkpoint
@@ -222,6 +222,10 @@ def test_export_cli_writes_verifies_and_reports_sizes(exported):
     assert f"| {STUDENT}: packed file | {os.path.getsize(path) / 2**20:.2f} MiB |" in out
     assert "| binary conv weights, packed | 3.37 MiB | 32x smaller |" in out
     assert "| teacher mccg_convnext_atto: float weights (state dict only) |" in out
+    speed = out.split("speed on this CPU", 1)[1].splitlines()
+    rows = {line.split("|")[1].strip(): line for line in speed if line.startswith("| ") and "engine" not in line}
+    assert set(rows) == ({"float", "bitpacked"} if bitpacked.available() else {"float"})
+    assert rows["float"].endswith("| 1.00x |") and float(rows["float"].split("|")[2]) > 0
 
 
 def test_export_cli_errors_are_one_line(tmp_path, capsys):
