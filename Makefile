@@ -1,5 +1,6 @@
 # Quick start: `make demo` runs the synthetic end-to-end pipeline, `make test` runs the tests.
-# Both create .venv and install requirements.txt on first use (and again only if it changes).
+# Both create .venv and install requirements.txt (at the versions pinned in constraints.txt) on first
+# use, and again only if either file changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test venv clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	touch $(STAMP)

@@ -12,10 +12,11 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from models import bitpacked
+from models import bitpacked, load_run
 from models.packing import ENGINES, binary_weight_bytes, export_packed, load_packed, serialized_bytes
 from models.run import load_checkpoint, load_opts, load_trained_model, resolve_run
 from utils.errors import UserError, exit_on_user_error
@@ -53,10 +54,15 @@ def checkpoint_sizes(path: Path, checkpoint: dict) -> dict:
     return {"weights": serialized_bytes(checkpoint["model"]), "file": os.path.getsize(path)}
 
 
-def teacher_sizes(teacher: str, checkpoint_dir: str):
-    """``(model name, sizes)`` of the teacher run's last checkpoint; the network is not built."""
+def teacher_run(teacher: str, checkpoint_dir: str) -> Path:
+    """The teacher's run directory: a name under ``checkpoint_dir``, or a path."""
     candidate = Path(checkpoint_dir) / teacher
-    run_dir, path = resolve_run(candidate if candidate.is_dir() else Path(teacher))
+    return resolve_run(candidate if candidate.is_dir() else Path(teacher))[0]
+
+
+def teacher_sizes(run_dir: Path):
+    """``(model name, sizes)`` of the teacher run's last checkpoint; the network is not built."""
+    path = resolve_run(run_dir)[1]
     return load_opts(run_dir)["model"], checkpoint_sizes(path, load_checkpoint(path))
 
 
@@ -100,9 +106,9 @@ def images_per_second(model, batch: int, h: int, w: int, repeats: int = 3) -> fl
     return batch / best
 
 
-def speed_table(path: Path, batch: int, h: int, w: int) -> str:
+def speed_table(path: Path, batch: int, h: int, w: int, teacher_run: Optional[Path] = None) -> str:
     """Images per second of the packed file on every engine this machine runs (the bitpacked one
-    only for BNext students where its C++ ops build)."""
+    only for BNext students where its C++ ops build), and of the teacher's float network."""
     engines = [e for e in ENGINES if e == "float" or bitpacked.available()]
     rows = []
     for engine in engines:
@@ -110,10 +116,14 @@ def speed_table(path: Path, batch: int, h: int, w: int) -> str:
             model, _ = load_packed(path, engine=engine)
         except UserError:  # not a BNext student: the bitpacked engine does not apply
             continue
-        rows.append((engine, images_per_second(model, batch, h, w)))
+        rows.append((f"packed student, {engine} engine", images_per_second(model, batch, h, w)))
+    if teacher_run is not None:
+        rows.append((f"teacher {teacher_run.name}", images_per_second(load_run(teacher_run), batch, h, w)))
+    reference = rows[-1][1] if teacher_run is not None else rows[0][1]
     lines = [f"speed on this CPU ({torch.get_num_threads()} threads, batch {batch}, {h}x{w}, best of 3):",
-             "| engine | images / s | vs float |", "|---|---:|---:|"]
-    lines += [f"| {engine} | {rate:.2f} | {rate / rows[0][1]:.2f}x |" for engine, rate in rows]
+             f"| network | images / s | vs {'teacher' if teacher_run is not None else 'float engine'} |",
+             "|---|---:|---:|"]
+    lines += [f"| {name} | {rate:.2f} | {rate / reference:.2f}x |" for name, rate in rows]
     return "\n".join(lines)
 
 
@@ -152,10 +162,11 @@ def main(argv=None) -> None:
         out.unlink()
         raise UserError(f"the packed model's features differ from {checkpoint_path}'s by {diff:g}; {out} was removed")
 
-    teacher = teacher_sizes(args.teacher, args.checkpoint_dir) if args.teacher else None
+    teacher_dir = teacher_run(args.teacher, args.checkpoint_dir) if args.teacher else None
+    teacher = teacher_sizes(teacher_dir) if teacher_dir else None
     print(size_table(opts["model"], model, checkpoint_sizes(checkpoint_path, checkpoint), os.path.getsize(out), teacher))
     if args.speed_batch:
-        print(speed_table(out, args.speed_batch, meta["h"], meta["w"]))
+        print(speed_table(out, args.speed_batch, meta["h"], meta["w"], teacher_dir))
 
 
 if __name__ == "__main__":

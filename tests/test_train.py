@@ -157,11 +157,12 @@ def test_distillation_from_a_teacher_run(university_root, tmp_path):
         assert total == pytest.approx(ce + triplet + 2 * kd, rel=1e-4)
 
 
-def test_ddp_with_two_gloo_processes(university_root, tmp_path):
+@pytest.mark.parametrize("views, port", [("2", "29533"), ("3", "29534")])
+def test_ddp_with_two_gloo_processes(university_root, tmp_path, views, port):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(REPO / "train.py"), *base_args(university_root, tmp_path, "ddp", "--epochs", "2", "--bigradual_n1",
-                                              "0", "--bigradual_n2", "1", "--batchsize", "2")]
+                                              "0", "--bigradual_n2", "1", "--batchsize", "2", "--views", views)]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "ddp"
