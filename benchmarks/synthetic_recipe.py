@@ -10,6 +10,9 @@ generated dataset:
 - ``no_kd``: the same without distillation;
 - ``no_bigradual``: everything trains from the first epoch (n1 = n2 = 0);
 - ``single_optimizer``: one Adam optimizer for all parameters, binary latent weights included;
+- ``release``: ``train.py --preset release`` (what the released scripts ran: pooled head input,
+  MSE distillation, nothing frozen, binary weights and Lion's lr schedule started late), its epoch
+  boundaries scaled to this budget and its input size replaced by ``--size``;
 - ``three_views`` (only when asked for, with ``--variants``): the full recipe with ``--views 3``
   (street images added to every step), distilled from a teacher trained with three views
   (``teacher_3views``, added with it). Its runs are evaluated in every direction, street ones
@@ -55,7 +58,7 @@ DIRECTIONS = (("Drone->Satellite", "D→S"), ("Satellite->Drone", "S→D"))
 STREET_DIRECTIONS = (("Street->Satellite", "St→S"), ("Satellite->Street", "S→St"), ("Drone->Street", "D→St"),
                      ("Street->Drone", "St→D"))
 METRICS = (("recall@1", "R@1"), ("ap", "AP"))
-DEFAULT_VARIANTS = ("teacher", "full", "no_kd", "no_bigradual", "single_optimizer")
+DEFAULT_VARIANTS = ("teacher", "full", "no_kd", "no_bigradual", "single_optimizer", "release")
 REFERENCE = "full"
 SMOKE = dict(train_places=8, test_places=5, distractor_places=2, drones=3, image_size=64, size=32, epochs=3,
              sample_num=1, seeds=[1, 2])
@@ -110,6 +113,10 @@ def variants(opts) -> dict:
     n1, n2 = max(1, opts.epochs // 8), max(2, opts.epochs // 4)
     phases = ["--bigradual_n1", str(n1), "--bigradual_n2", str(n2)]
     all_at_once = ["--bigradual_n1", "0", "--bigradual_n2", "0"]
+    # The release preset's epoch boundaries (binary weights from epoch 21, Lion's schedule after
+    # epoch 30, of 300) at this budget's scale; its input size gives way to --size.
+    release_phases = ["--bigradual_n1", "0", "--bigradual_n2", str(max(1, round(21 * opts.epochs / 300))),
+                      "--lion_schedule_start", str(max(1, round(31 * opts.epochs / 300)))]
     table = {
         "teacher": (f"teacher alone ({opts.teacher}, from scratch)",
                     ["--model", opts.teacher, "--optimizer", "adam", *all_at_once], None),
@@ -120,10 +127,11 @@ def variants(opts) -> dict:
         "no_bigradual": ("no bi-gradual unfreezing", ["--optimizer", "adamlion", *all_at_once], "teacher"),
         "single_optimizer": ("single optimizer (Adam for all, binary weights included)",
                              ["--optimizer", "adam", *phases], "teacher"),
+        "release": ("release preset (pooled head input, MSE distillation, nothing frozen, binary weights and "
+                    "Lion's schedule started late; epochs scaled to the budget)",
+                    ["--preset", "release", *release_phases], "teacher"),
         "three_views": ("full recipe, three views (street images added; three-view teacher)",
                         ["--optimizer", "adamlion", *phases, "--views", "3"], "teacher_3views"),
-        # The release preset goes here, as one more entry: ("label", [its train.py flags], teacher or None).
-        # Everything below (runs, tables, differences from the full recipe, JSON) picks it up.
     }
     unknown = set(opts.variants or ()) - set(table)
     if unknown:
