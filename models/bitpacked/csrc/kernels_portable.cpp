@@ -43,23 +43,7 @@ void pack(const PackArgs& a, int64_t block_begin, int64_t block_end) {
   });
 }
 
-void conv(const ConvArgs& a, const ConvWork& work, uint64_t* buffer) { conv_items(a, work, buffer); }
-
-void compute_tile(const ConvArgs& a, const TileInfo& t, const uint64_t* buffer, int64_t o) {
-  alignas(64) int64_t counts[kTileChannels * kTilePixels];
-  micro_kernel(buffer, a.weight + o * a.kernel * a.kernel * a.words, a.kernel * a.kernel * a.words, counts);
-  finish_scalar(a, t, o, counts);
-}
-
-int64_t peak(int64_t repeats, uint64_t* buffer, const uint64_t* weight, int64_t words) {
-  alignas(64) int64_t counts[kTileChannels * kTilePixels];
-  int64_t checksum = 0;
-  for (int64_t r = 0; r < repeats; ++r) {
-    micro_kernel(buffer, weight, words, counts);
-    checksum += counts[r % (kTileChannels * kTilePixels)];
-  }
-  return checksum;
-}
+#include "scalar_tile.inc"
 
 }  // namespace
 
