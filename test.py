@@ -157,7 +157,7 @@ def extract(model, images, args, device, desc: str):
     loader = DataLoader(images, batch_size=args.batchsize, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
     return extract_features(model, loader, device, amp=args.amp, flip=not args.no_flip, desc=desc,
-                            scales=side_factors(args.scales))[0]
+                            scales=args.sides)[0]
 
 
 def print_table(dataset: str, rows: dict) -> None:
@@ -203,12 +203,14 @@ def check_flags(args) -> None:
     if args.engine != "float" and not args.packed:
         raise UserError(f"--engine {args.engine} runs packed files: pass --packed FILE (write one with export.py)")
     args.scales = parse_scales(args.ms)
+    args.sides = side_factors(args.scales)
 
 
-def check_sizes(model, h: int, w: int, scales: tuple, model_name: str) -> None:
-    """The network must take the input size and every scaled size: one line naming the flag if not."""
-    for scale in (1.0, *(s for s in scales if s != 1)):
-        size = scaled_size(h, w, math.sqrt(scale))
+def check_sizes(model, h: int, w: int, scales: tuple, sides: tuple, model_name: str) -> None:
+    """The network must take the input size and every scaled size (``--ms`` area ratios ``scales``,
+    their side factors ``sides``): one line naming the flag if not."""
+    for scale, side in ((1.0, 1.0), *((s, f) for s, f in zip(scales, sides) if s != 1)):
+        size = scaled_size(h, w, side)
         try:
             if min(size) < 1:
                 raise ValueError(f"{size[0]}x{size[1]} is no image size")
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
     load_results(results_path)
     check_writable(source.run_dir)
     model = source.load().to(device)
-    check_sizes(model, h, w, args.scales, source.opts["model"])
+    check_sizes(model, h, w, args.scales, args.sides, source.opts["model"])
     common = dict(dataset=dataset, checkpoint=source.name, epoch=source.epoch, h=h, w=w, flip=not args.no_flip,
                   scales=list(args.scales), query="single", engine=source.engine, device=device_label(device),
                   precision=precision, test_dir=str(Path(args.test_dir).resolve()))

@@ -60,8 +60,9 @@ def load_teacher(path: str, num_classes: int, device: torch.device, logger, view
     if opts["num_classes"] != num_classes:
         raise UserError(f"--teacher_path {path}: the teacher has {opts['num_classes']} classes but the training "
                         f"set has {num_classes}; distill from a teacher trained on the same data")
-    if teacher_views(opts) < views and not allow_fewer_views:
-        raise UserError(f"--teacher_path {path}: the teacher was trained on {teacher_views(opts)} views and this "
+    trained_views = teacher_views(opts)
+    if trained_views < views and not allow_fewer_views:
+        raise UserError(f"--teacher_path {path}: the teacher was trained on {trained_views} views and this "
                         f"student on {views}, so its classifiers never saw street images; train the teacher with "
                         f"--views {views}, or pass --allow_fewer_teacher_views to distil from it anyway")
     teacher.requires_grad_(False)
