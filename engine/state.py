@@ -42,17 +42,20 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 @contextlib.contextmanager
 def seeded_rngs(value: int) -> Iterator[None]:
     """Run the block with Python's, NumPy's and torch's CPU RNGs seeded from ``value``; the states
-    they had before come back afterwards, so the caller's own random streams are untouched."""
-    python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(value)
-        np.random.seed(value % 2**32)
-        torch.manual_seed(value)
-        try:
-            yield
-        finally:
-            random.setstate(python)
-            np.random.set_state(numpy)
+    they had before come back afterwards, so the caller's own random streams are untouched.
+
+    Only the CPU generator is seeded: ``torch.manual_seed`` would also reseed every accelerator's
+    generator (and, with none initialized, record a stack trace for each), about 0.7 ms per item."""
+    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.default_generator.manual_seed(value)
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
 
 
 def _numpy_entry(state: tuple) -> dict:

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import train
-from engine.state import rng_state, rng_state_from_legacy, set_rng_state
+from engine.state import rng_state, rng_state_from_legacy, seeded_rngs, set_rng_state
 from models import build_model
 from optim.partition import partition_parameters
 from utils.files import save_checkpoint
@@ -139,6 +139,21 @@ def test_rng_state_from_legacy_converts_the_numpy_tuple(tmp_path):
     save_checkpoint({"rng": converted}, tmp_path / "rng.pth")
     set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
     assert draws() == expected
+
+
+def test_seeded_rngs_draws_from_the_value_and_leaves_every_other_stream_alone(monkeypatch):
+    def reseeds_an_accelerator(*args):
+        raise AssertionError("an accelerator generator was reseeded")
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    expected = draws()
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_an_accelerator)
+    with seeded_rngs(2024):
+        inside = (torch.rand(2).tolist(), random.random(), float(np.random.rand()))
+    assert draws() == expected
+    reference = (torch.rand(2, generator=torch.Generator().manual_seed(2024)).tolist(),
+                 random.Random(2024).random(), float(np.random.RandomState(2024).rand()))
+    assert inside == reference
 
 
 def test_distillation_from_a_teacher_run(university_root, tmp_path):
