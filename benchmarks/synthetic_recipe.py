@@ -4,7 +4,9 @@ Every variant trains through the real ``train.py`` and is evaluated by ``test.py
 directions, once per seed (``--seed`` of train.py: initialization, sampling, augmentation), on one
 generated dataset:
 
-- ``teacher``: the ConvNeXt teacher alone (Adam, from scratch, the short-run settings);
+- ``teacher``: the ConvNeXt teacher alone (Adam, from scratch, on its own budget: by default three
+  times the student's epochs and draws per class, in batches of 16, as in ``make demo``, where less
+  left it weaker than the student it teaches);
 - ``full``: the student recipe: distillation from that seed's teacher + bi-gradual unfreezing +
   Lion (binary weights) / Adam (the rest);
 - ``no_kd``: the same without distillation;
@@ -27,8 +29,8 @@ The defaults are sized to run in the background on the shared 2-core machine (ab
 run there with two or three runs sharing it: the README's 24 runs took 97 minutes of run time, under
 an hour of wall time as parallel processes per seed):
 40 train / 100 test / 10 distractor places with 8 drone images each, the demo's short-run
-settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (6 epochs × 2 draws per
-class instead of 8 × 4), evaluation without flip TTA (``--flip`` doubles its time), and one torch
+settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (students 6 epochs × 2
+draws per class instead of 8 × 4, teachers 18 × 6 in batches of 16), evaluation without flip TTA (``--flip`` doubles its time), and one torch
 thread per process (``--threads``). ``--smoke`` is a tiny configuration (about 3 minutes) that
 checks the whole path end to end.
 
@@ -65,7 +67,10 @@ REFERENCE = "full"
 SMOKE = dict(train_places=8, test_places=5, distractor_places=2, drones=3, image_size=64, size=32, epochs=3,
              sample_num=1, seeds=[1, 2])
 SETTINGS = ("data_dir", "train_places", "test_places", "distractor_places", "drones", "image_size", "data_seed",
-            "size", "epochs", "sample_num", "lr", "teacher", "flip", "threads")
+            "size", "epochs", "sample_num", "lr", "teacher", "teacher_epochs", "teacher_sample_num",
+            "teacher_batchsize", "flip", "threads")
+TEACHERS = ("teacher", "teacher_3views")
+STUDENT_BATCHSIZE = 8  # train.py's default
 
 
 def parse_args(argv=None):
@@ -86,6 +91,10 @@ def parse_args(argv=None):
     parser.add_argument("--sample_num", type=int, default=2, help="draws of each class per epoch")
     parser.add_argument("--lr", type=float, default=0.001, help="learning rate of every run")
     parser.add_argument("--teacher", default="mccg_convnext_atto", help="teacher model")
+    parser.add_argument("--teacher_epochs", type=int, default=None, help="epochs of the teachers (default: 3 × --epochs)")
+    parser.add_argument("--teacher_sample_num", type=int, default=None,
+                        help="draws of each class per teacher epoch (default: 3 × --sample_num)")
+    parser.add_argument("--teacher_batchsize", type=int, default=16, help="classes per teacher step")
     parser.add_argument("--flip", action="store_true",
                         help="evaluate with flip test-time augmentation (test.py's default; twice the evaluation time)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run of every variant per seed")
@@ -107,7 +116,20 @@ def parse_args(argv=None):
         for key, value in SMOKE.items():
             setattr(opts, key, value)
     opts.out = opts.out or ("demo_runs/synthetic_recipe_smoke" if opts.smoke else "demo_runs/synthetic_recipe")
+    if opts.teacher_epochs is None:
+        opts.teacher_epochs = 3 * opts.epochs
+    if opts.teacher_sample_num is None:
+        opts.teacher_sample_num = 3 * opts.sample_num
     return opts
+
+
+def budget(opts, name: str) -> list:
+    """train.py's epochs, lr steps, draws and batch size for variant ``name``: the teachers' own or the
+    students' budget."""
+    epochs, draws, batch = ((opts.teacher_epochs, opts.teacher_sample_num, opts.teacher_batchsize)
+                            if name in TEACHERS else (opts.epochs, opts.sample_num, STUDENT_BATCHSIZE))
+    return ["--epochs", str(epochs), "--steps", str(max(1, epochs * 3 // 4)), "--sample_num", str(draws),
+            "--batchsize", str(batch)]
 
 
 def variants(opts) -> dict:
@@ -172,9 +194,8 @@ def train_and_test(name, flags, opts, data: Path, ckpt: Path, seed: int, table_c
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     if "train_s" not in timing:
         timing = {"train_s": run(["train.py", "--name", name, "--checkpoint_dir", str(ckpt), "--data_dir",
-                                  str(data / "train"), "--h", str(opts.size), "--w", str(opts.size), "--epochs",
-                                  str(opts.epochs), "--steps", str(max(1, opts.epochs * 3 // 4)), "--sample_num",
-                                  str(opts.sample_num), "--lr", str(opts.lr), "--seed", str(seed), "--overwrite",
+                                  str(data / "train"), "--h", str(opts.size), "--w", str(opts.size),
+                                  *budget(opts, name), "--lr", str(opts.lr), "--seed", str(seed), "--overwrite",
                                   "--progress", "off", *common, *flags], opts.threads)}
         timing_file.write_text(json.dumps(timing) + "\n")
     metrics = read_metrics(run_dir, opts, table_columns)
@@ -261,8 +282,10 @@ def markdown(opts, labels: dict, summaries: dict, deltas: dict, data_note: str, 
     rule = "|---|" + "---:|" * len(table_columns)
     spread = (f"mean ± standard deviation over the {len(opts.seeds)} seeds" if len(opts.seeds) > 1
               else "one seed: no standard deviation, so no difference is judged")
-    lines = [f"Synthetic University-1652 layout ({data_note}), {opts.size}×{opts.size}, {opts.epochs} epochs × "
-             f"{opts.sample_num} draws per class, lr {opts.lr}, seeds {' '.join(map(str, opts.seeds))}; {spread}",
+    lines = [f"Synthetic University-1652 layout ({data_note}), {opts.size}×{opts.size}, lr {opts.lr}; students "
+             f"{opts.epochs} epochs × {opts.sample_num} draws per class in batches of {STUDENT_BATCHSIZE}, teachers "
+             f"{opts.teacher_epochs} epochs × {opts.teacher_sample_num} draws in batches of {opts.teacher_batchsize}; "
+             f"seeds {' '.join(map(str, opts.seeds))}; {spread}",
              "", header, rule]
     for name, summary in summaries.items():
         cells = [mean_std(summary[f"{short} {metric}"]) for _, short, metric, _ in table_columns]
