@@ -4,9 +4,9 @@ Every variant trains through the real ``train.py`` and is evaluated by ``test.py
 directions, once per seed (``--seed`` of train.py: initialization, sampling, augmentation), on one
 generated dataset:
 
-- ``teacher``: the ConvNeXt teacher alone (Adam, from scratch, on its own budget: by default three
-  times the student's epochs and draws per class, in batches of 16, as in ``make demo``, where less
-  left it weaker than the student it teaches);
+- ``teacher``: the ConvNeXt teacher alone (Adam, from scratch, on its own budget: by default the
+  teacher settings of ``make demo``, 24 epochs × 12 draws per class in batches of 16; with less it
+  stayed weaker than the student it teaches);
 - ``full``: the student recipe: distillation from that seed's teacher + bi-gradual unfreezing +
   Lion (binary weights) / Adam (the rest);
 - ``no_kd``: the same without distillation;
@@ -30,7 +30,7 @@ run there with two or three runs sharing it: the README's 24 runs took 97 minute
 an hour of wall time as parallel processes per seed):
 40 train / 100 test / 10 distractor places with 8 drone images each, the demo's short-run
 settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (students 6 epochs × 2
-draws per class instead of 8 × 4, teachers 18 × 6 in batches of 16), evaluation without flip TTA (``--flip`` doubles its time), and one torch
+draws per class instead of 8 × 4; teachers as in the demo, 24 × 12 in batches of 16), evaluation without flip TTA (``--flip`` doubles its time), and one torch
 thread per process (``--threads``). ``--smoke`` is a tiny configuration (about 3 minutes) that
 checks the whole path end to end.
 
@@ -65,7 +65,7 @@ METRICS = (("recall@1", "R@1"), ("ap", "AP"))
 DEFAULT_VARIANTS = ("teacher", "full", "no_kd", "no_bigradual", "single_optimizer", "release")
 REFERENCE = "full"
 SMOKE = dict(train_places=8, test_places=5, distractor_places=2, drones=3, image_size=64, size=32, epochs=3,
-             sample_num=1, seeds=[1, 2])
+             sample_num=1, teacher_epochs=3, teacher_sample_num=2, seeds=[1, 2])
 SETTINGS = ("data_dir", "train_places", "test_places", "distractor_places", "drones", "image_size", "data_seed",
             "size", "epochs", "sample_num", "lr", "teacher", "teacher_epochs", "teacher_sample_num",
             "teacher_batchsize", "flip", "threads")
@@ -91,9 +91,8 @@ def parse_args(argv=None):
     parser.add_argument("--sample_num", type=int, default=2, help="draws of each class per epoch")
     parser.add_argument("--lr", type=float, default=0.001, help="learning rate of every run")
     parser.add_argument("--teacher", default="mccg_convnext_atto", help="teacher model")
-    parser.add_argument("--teacher_epochs", type=int, default=None, help="epochs of the teachers (default: 3 × --epochs)")
-    parser.add_argument("--teacher_sample_num", type=int, default=None,
-                        help="draws of each class per teacher epoch (default: 3 × --sample_num)")
+    parser.add_argument("--teacher_epochs", type=int, default=24, help="epochs of the teachers")
+    parser.add_argument("--teacher_sample_num", type=int, default=12, help="draws of each class per teacher epoch")
     parser.add_argument("--teacher_batchsize", type=int, default=16, help="classes per teacher step")
     parser.add_argument("--flip", action="store_true",
                         help="evaluate with flip test-time augmentation (test.py's default; twice the evaluation time)")
@@ -116,10 +115,6 @@ def parse_args(argv=None):
         for key, value in SMOKE.items():
             setattr(opts, key, value)
     opts.out = opts.out or ("demo_runs/synthetic_recipe_smoke" if opts.smoke else "demo_runs/synthetic_recipe")
-    if opts.teacher_epochs is None:
-        opts.teacher_epochs = 3 * opts.epochs
-    if opts.teacher_sample_num is None:
-        opts.teacher_sample_num = 3 * opts.sample_num
     return opts
 
 
