@@ -25,9 +25,9 @@ R@1 and AP in both directions; a second table gives each variant's difference fr
 and marks it where it exceeds the spread, i.e. |Δmean| > the larger of the two standard deviations.
 ``--json FILE`` writes the settings, every seed's metrics, the summaries and the time of every run.
 
-The defaults are sized to run in the background on the shared 2-core machine (about 4 minutes per
-run there with two or three runs sharing it: the README's 24 runs took 97 minutes of run time, under
-an hour of wall time as parallel processes per seed):
+The defaults are sized to run in the background on the shared 2-core machine (the README's 18 runs
+took 160 minutes of run time and 47 minutes of wall time as three processes, one per seed, sharing
+it with other jobs; a teacher run is about 11 minutes of that, a student run about 9):
 40 train / 100 test / 10 distractor places with 8 drone images each, the demo's short-run
 settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (students 6 epochs × 2
 draws per class instead of 8 × 4; teachers as in the demo, 24 × 12 in batches of 16), evaluation without flip TTA (``--flip`` doubles its time), and one torch
