@@ -30,9 +30,9 @@ took 160 minutes of run time and 47 minutes of wall time as three processes, one
 it with other jobs; a teacher run is about 11 minutes of that, a student run about 9):
 40 train / 100 test / 10 distractor places with 8 drone images each, the demo's short-run
 settings (64×64, lr 1e-3, Adam teacher from scratch) with a shorter budget (students 6 epochs × 2
-draws per class instead of 8 × 4; teachers as in the demo, 24 × 12 in batches of 16), evaluation without flip TTA (``--flip`` doubles its time), and one torch
-thread per process (``--threads``). ``--smoke`` is a tiny configuration (about 3 minutes) that
-checks the whole path end to end.
+draws per class instead of 8 × 4; teachers as in the demo, 24 × 12 in batches of 16), evaluation
+without flip TTA (``--flip`` doubles its time), and one torch thread per process (``--threads``).
+``--smoke`` is a tiny configuration (about 3 minutes) that checks the whole path end to end.
 
     nohup python -m benchmarks.synthetic_recipe --json demo_runs/recipe.json > demo_runs/recipe.log 2>&1 &
     python -m benchmarks.synthetic_recipe --smoke
