@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -562,7 +563,8 @@ def test_test_py_bad_gallery_image(university_root, tmp_path, teacher_reference,
             "--mode", "1"]
     assert exit_code(argv, evaluate.main) == 2
     assert_one_line_error(capfd.readouterr().err, bad)
-    assert evaluate.main(argv + ["--on_bad_image", "skip"]) == 0
+    with pytest.warns(UserWarning, match=f"skipping: cannot read image {re.escape(str(bad))}"):
+        assert evaluate.main(argv + ["--on_bad_image", "skip"]) == 0
     result, = json.loads((tmp_path / "run" / "results.json").read_text()).values()
     assert result["num_gallery"] == len(list((test_dir / "gallery_drone").rglob("*.jpeg"))) - 1
 
