@@ -224,7 +224,7 @@ def test_export_cli_writes_verifies_and_reports_sizes(exported):
     assert "| teacher mccg_convnext_atto: float weights (state dict only) |" in out
     speed = out.split("speed on this CPU", 1)[1].splitlines()
     rows = {line.split("|")[1].strip(): line for line in speed if line.startswith("| ") and "network" not in line}
-    engines = ("float", "bitpacked") if bitpacked.available() else ("float",)
+    engines = ("float", *bitpacked.ENGINE_NAMES) if bitpacked.available() else ("float",)
     assert set(rows) == {f"packed student, {e} engine" for e in engines} | {"teacher teacher"}
     assert rows["teacher teacher"].endswith("| 1.00x |")  # the ratios are against the teacher
     for line in rows.values():
