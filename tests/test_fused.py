@@ -28,28 +28,31 @@ UNIT_TOLERANCE = 1e-5
 FEATURE_TOLERANCE = 1e-2
 
 
-def reference_tail(z, res, gate, scale, shift, slope, elm):
+def reference_tail(z, x, gate, scale, shift, slope, elm, pooled):
     """The tail's formula in float64."""
-    z, res, gate, scale, shift = (t.double() for t in (z, res, gate, scale, shift))
+    z, x, gate, scale, shift = (t.double() for t in (z, x, gate, scale, shift))
     per_channel = lambda v: v[None, :, None, None]  # noqa: E731
-    r = torch.where(res < 0, res * per_channel(slope.double()), res) if slope.numel() else res
+    r = torch.where(x < 0, x * per_channel(slope.double()), x) if slope.numel() else x
+    r = F.avg_pool2d(r, 2) if pooled else r
     branch = z * r if elm else z
     return branch * (gate[:, :, None, None] * per_channel(scale)) + per_channel(shift) + r
 
 
 @needs_engine
-@pytest.mark.parametrize("channels,size,elm,with_slope", [(71, 5, True, True), (64, 17, False, False),
-                                                          (1024, 1, True, False), (48, 33, False, True)])
-def test_tail_matches_its_formula_and_packs_its_output(isa, channels, size, elm, with_slope):
-    """Planes shorter than, equal to and longer than a vector, widths off a 64-bit word."""
+@pytest.mark.parametrize("channels,size,elm,with_slope,pooled", [
+    (71, 5, True, True, False), (64, 17, False, False, False), (1024, 1, True, False, False),
+    (48, 33, False, True, False), (8, 12, True, True, True), (130, 3, False, False, True), (16, 1, True, True, True)])
+def test_tail_matches_its_formula_and_packs_its_output(isa, channels, size, elm, with_slope, pooled):
+    """Planes shorter than, equal to and longer than a vector and a pooling run, widths off a 64-bit word."""
     g = torch.Generator().manual_seed(channels + size)
-    z, res = (torch.randn(2, channels, size, size, generator=g) for _ in range(2))
+    z = torch.randn(2, channels, size, size, generator=g)
+    x = torch.randn(2, channels, 2 * size if pooled else size, 2 * size if pooled else size, generator=g)
     gate, scale, shift, slope, move = (torch.randn(*shape, generator=g) for shape in
                                        ((2, channels), (channels,), (channels,), (channels,), (channels,)))
     slope = slope if with_slope else torch.empty(0)
     out = torch.full((2, channels, size, size), float("nan"))
-    bits = ops.tail(z, res, gate, scale, shift, slope, elm, out, 0, move)
-    expected = reference_tail(z, res, gate, scale, shift, slope, elm)
+    bits = ops.tail(z, x, gate, scale, shift, slope, elm, pooled, out, 0, move)
+    expected = reference_tail(z, x, gate, scale, shift, slope, elm, pooled)
     assert torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(bits, ops.pack(out, move))
 
@@ -59,11 +62,11 @@ def test_tail_writes_its_channel_slice_only(isa):
     z, res, gate = torch.randn(1, 8, 3, 3), torch.randn(1, 8, 3, 3), torch.rand(1, 8)
     one, zero = torch.ones(8), torch.zeros(8)
     out = torch.zeros(1, 16, 3, 3)
-    bits = ops.tail(z, res, gate, one, zero, torch.empty(0), False, out, 8, torch.empty(0))
+    bits = ops.tail(z, res, gate, one, zero, torch.empty(0), False, False, out, 8, torch.empty(0))
     assert bits.numel() == 0 and torch.equal(out[:, :8], torch.zeros(1, 8, 3, 3))
     assert torch.allclose(out[:, 8:], z * gate[:, :, None, None] + res, atol=1e-6)
     with pytest.raises(RuntimeError, match="channels"):
-        ops.tail(z, res, gate, one, zero, torch.empty(0), False, out, 9, torch.empty(0))
+        ops.tail(z, res, gate, one, zero, torch.empty(0), False, False, out, 9, torch.empty(0))
 
 
 @needs_engine

@@ -7,8 +7,8 @@ After its binary conv a unit runs two passes over memory (``csrc/fused.h``):
    gate's input ``mean(s * pool(x) + (1 - s) * z)`` without the mixed map (an even map's 2x2
    average pool keeps its mean);
 2. ``tail``: ``BN2(gate * z) + pool(x)`` (plain units) or ``BN2(gate * z * r) + r`` with
-   ``r = pool(PReLU(x))`` (ELM units), written once, and packed into the next unit's sign bits
-   while each pixel range is still in cache.
+   ``r = pool(PReLU(x))`` (ELM units), the pooling included, written once, and packed into the
+   next unit's sign bits while each pixel range is still in cache.
 
 The SE's two 1x1 convs run as matrix products on the (images, channels) means, the stem's BN is
 folded into its conv, and a batch runs ``micro_batch`` images at a time through the whole
@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..bnext import BinaryUnit, BNext, ELMAttentionUnit
-from .network import PackedBinaryConv, avg_pool2, bn_affine, prelu_slope
+from .network import PackedBinaryConv, bn_affine, prelu_slope
 
 # Images per pass through the backbone: one image's maps (<= 4 MiB at 256x256) stay in cache.
 FUSED_MICRO_BATCH = 1
@@ -55,12 +55,6 @@ class FusedUnit(nn.Module):
                 self.register_buffer(name, value.detach().float().contiguous().clone())
         self.register_buffer("none", torch.empty(0))
 
-    def residual(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(map the tail adds, PReLU slopes the tail still applies to it, or an empty tensor)."""
-        if not self.pooled:
-            return x, self.slope if self.elm else self.none
-        return avg_pool2(F.prelu(x, self.slope) if self.elm else x).contiguous(), self.none
-
     def forward(self, x: torch.Tensor, bits: torch.Tensor, move_next: Optional[torch.Tensor] = None,
                 out: Optional[torch.Tensor] = None, offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(output map, its signs packed with move_next)``; the output goes into channels
@@ -68,10 +62,10 @@ class FusedUnit(nn.Module):
         z = self.conv(bits)
         means = self.ops.tail_means(x, z, self.mix_x, self.mix_z)
         gate = torch.addmm(self.b2, torch.addmm(self.b1, means, self.w1.t()).relu_(), self.w2.t()).sigmoid_()
-        res, slope = self.residual(x)
+        slope = self.slope if self.elm else self.none
         out = torch.empty_like(z) if out is None else out
         move = self.none if move_next is None else move_next
-        return out, self.ops.tail(z, res, gate, self.scale, self.shift, slope, self.elm, out, offset, move)
+        return out, self.ops.tail(z, x, gate, self.scale, self.shift, slope, self.elm, self.pooled, out, offset, move)
 
 
 class FusedBlock(nn.Module):

@@ -22,18 +22,20 @@ struct MeansArgs {
 
 // Pass 2, per (image, pixel range), all channels: BN2 of the gated branch plus the residual,
 // written into channels [offset, offset + channels) of an out map with out_channels channels.
-//   plain unit: out = fma(z, gate * scale, shift) + res
-//   ELM unit:   r = slope ? PReLU(res) : res;  out = fma(z * r, gate * scale, shift) + r
+// With x the unit's input and r = pool(slope ? PReLU(x) : x) (pool: 2x2 average where the unit
+// pools, identity elsewhere):
+//   plain unit: out = fma(z, gate * scale, shift) + r
+//   ELM unit:   out = fma(z * r, gate * scale, shift) + r
 struct TailArgs {
   const float* z;      // (images, channels, plane)
-  const float* res;    // (images, channels, plane): the residual (pooled already where the unit pools)
+  const float* x;      // (images, channels, plane), or (images, channels, 2 height, 2 width) where pooled
   const float* gate;   // (images, channels): the SE gate
   const float* scale;  // channels: BN2 as fma(v, scale, shift)
   const float* shift;
-  const float* slope;  // channels, or nullptr: PReLU slopes applied to res (ELM units that do not pool)
+  const float* slope;  // channels, or nullptr: PReLU slopes applied to x (ELM units)
   float* out;          // (images, out_channels, plane)
-  int64_t channels, plane, out_channels, offset;
-  bool elm;
+  int64_t channels, plane, width, out_channels, offset;  // width: of the output map
+  bool elm, pooled;
 };
 
 // Means of planes [begin, end) of images x channels.

@@ -1,5 +1,5 @@
 // Torch-facing ops of the bit-packed engine: argument checks, ISA choice, weight packing, and the
-// split of each op into work items for at::parallel_for (so torch.set_num_threads governs it).
+// split of each op into chunks for the engine's work pool (work_pool.h; torch.set_num_threads sets its size).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -8,7 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -18,6 +17,7 @@
 
 #include "fused.h"
 #include "kernels.h"
+#include "work_pool.h"
 
 namespace bitpacked {
 namespace {
@@ -75,22 +75,23 @@ class AlignedWords {
   std::unique_ptr<uint64_t[]> storage_;
 };
 
-// Runs make_body()(begin, end) over [0, items) in chunks of `chunk` items that torch's threads claim
-// one at a time from a shared counter (make_body runs once per thread, for its scratch). A thread
-// pre-empted by another process then holds the others up by at most one chunk, where
-// at::parallel_for's one static slice per thread would leave its whole share for the end.
-template <typename MakeBody>
-void dynamic_for(int64_t items, int64_t chunk, const MakeBody& make_body) {
-  if (items <= 0) return;
-  chunk = std::max<int64_t>(chunk, 1);
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), (items + chunk - 1) / chunk);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    auto body = make_body();
-    for (int64_t begin = next.fetch_add(chunk); begin < items; begin = next.fetch_add(chunk)) {
-      body(begin, std::min(begin + chunk, items));
-    }
-  });
+// Calls body(begin, end) over [0, items) in chunks of `chunk` items on the engine's work pool
+// (work_pool.h), with torch's thread count; inline inside another parallel region.
+template <typename Body>
+void dynamic_for(int64_t items, int64_t chunk, const Body& body) {
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  WorkPool::instance().run(items, chunk, threads, body);
+}
+
+// A 64-byte aligned scratch array of the calling thread, reused across calls.
+uint64_t* thread_scratch(int64_t words) {
+  thread_local std::unique_ptr<AlignedWords> scratch;
+  thread_local int64_t size = 0;
+  if (words > size) {
+    scratch = std::make_unique<AlignedWords>(words);
+    size = words;
+  }
+  return scratch->data();
 }
 
 // Chunk size giving each thread about kChunksPerThread chunks, and at least `least` items each.
@@ -119,9 +120,7 @@ at::Tensor pack(const at::Tensor& x, const at::Tensor& bias) {
   const PackFn fn = active().pack;
   const int64_t blocks = n * ((h * w + kPackPixels - 1) / kPackPixels);
   const int64_t grain = c >= 1024 ? 1 : 1024 / c;  // at least about 16K values per chunk
-  dynamic_for(blocks, chunk_for(blocks, grain), [&] {
-    return [&](int64_t begin, int64_t end) { fn(args, begin, end); };
-  });
+  dynamic_for(blocks, chunk_for(blocks, grain), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
   return bits;
 }
 
@@ -178,10 +177,8 @@ at::Tensor conv(const at::Tensor& bits, const at::Tensor& weight, const at::Tens
   const int64_t chunks = (out_channels + per_chunk - 1) / per_chunk;
   const int64_t buffer_words = kernel * kernel * bits.size(3) * kTilePixels;
   const ConvFn fn = active().conv;
-  dynamic_for(tiles * chunks, chunk_for(tiles * chunks, 1), [&] {
-    return [&, buffer = std::make_shared<AlignedWords>(buffer_words)](int64_t begin, int64_t end) {
-      fn(args, ConvWork{begin, end, chunks, per_chunk}, buffer->data());
-    };
+  dynamic_for(tiles * chunks, chunk_for(tiles * chunks, 1), [&](int64_t begin, int64_t end) {
+    fn(args, ConvWork{begin, end, chunks, per_chunk}, thread_scratch(buffer_words));
   });
   return out;
 }
@@ -287,22 +284,24 @@ at::Tensor tail_means(const at::Tensor& x, const at::Tensor& z, const at::Tensor
                        means.data_ptr<float>(), c, x.size(2) * x.size(3), z.size(2) * z.size(3)};
   const MeansFn fn = active_fused().means;
   const int64_t least = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.x_plane + args.z_plane));
-  dynamic_for(n * c, chunk_for(n * c, least), [&] {
-    return [&](int64_t begin, int64_t end) { fn(args, begin, end); };
-  });
+  dynamic_for(n * c, chunk_for(n * c, least), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
   return means;
 }
 
-// Writes the unit's output into channels [offset, offset + C) of `out` (see TailArgs); with a
+// Writes the unit's output into channels [offset, offset + C) of `out` (see TailArgs: x is the
+// unit's input, twice z's height and width where `pooled`); with a
 // non-empty `move` (the next unit's LearnableBias) it also returns the output's packed signs, each
 // pixel range packed right after it is written, while it is still in cache. Empty `slope`: none.
-at::Tensor tail(const at::Tensor& z, const at::Tensor& res, const at::Tensor& gate, const at::Tensor& scale,
-                const at::Tensor& shift, const at::Tensor& slope, bool elm, const at::Tensor& out, int64_t offset,
-                const at::Tensor& move) {
+at::Tensor tail(const at::Tensor& z, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& scale,
+                const at::Tensor& shift, const at::Tensor& slope, bool elm, bool pooled, const at::Tensor& out,
+                int64_t offset, const at::Tensor& move) {
   check_map(z, "tail: z");
+  check_map(x, "tail: x");
   check_map(out, "tail: out");
-  TORCH_CHECK(res.sizes() == z.sizes() && res.is_contiguous() && res.scalar_type() == at::kFloat,
-              "tail: res must be a contiguous float map of z's shape");
+  const int64_t factor = pooled ? 2 : 1;
+  TORCH_CHECK(x.size(0) == z.size(0) && x.size(1) == z.size(1) && x.size(2) == factor * z.size(2) &&
+              x.size(3) == factor * z.size(3), "tail: x must have z's images, channels and ", factor,
+              "x its height and width");
   const int64_t n = z.size(0), c = z.size(1), plane = z.size(2) * z.size(3);
   TORCH_CHECK(out.size(0) == n && out.size(2) == z.size(2) && out.size(3) == z.size(3) && offset >= 0 &&
               offset + c <= out.size(1), "tail: out must hold channels [offset, offset + C) of z's maps");
@@ -316,9 +315,9 @@ at::Tensor tail(const at::Tensor& z, const at::Tensor& res, const at::Tensor& ga
     check_vector(move, c, "tail: move");
     TORCH_CHECK(offset == 0 && out.size(1) == c, "tail: packing needs the whole output map");
   }
-  const TailArgs args{z.data_ptr<float>(), res.data_ptr<float>(), gate.data_ptr<float>(), scale.data_ptr<float>(),
+  const TailArgs args{z.data_ptr<float>(), x.data_ptr<float>(), gate.data_ptr<float>(), scale.data_ptr<float>(),
                       shift.data_ptr<float>(), slope.numel() ? slope.data_ptr<float>() : nullptr,
-                      out.data_ptr<float>(), c, plane, out.size(1), offset, elm};
+                      out.data_ptr<float>(), c, plane, z.size(3), out.size(1), offset, elm, pooled};
   const int64_t words = words_for(c);
   at::Tensor bits = at::empty({packs ? n : 0, z.size(2), z.size(3), words}, z.options().dtype(at::kLong));
   const PackArgs pack_args{out.data_ptr<float>(), packs ? move.data_ptr<float>() : nullptr,
@@ -328,17 +327,15 @@ at::Tensor tail(const at::Tensor& z, const at::Tensor& res, const at::Tensor& ga
   const int64_t per_image = (plane + pixels - 1) / pixels, blocks = (plane + kPackPixels - 1) / kPackPixels;
   const TailFn fn = active_fused().tail;
   const PackFn pack_fn = active().pack;
-  dynamic_for(n * per_image, chunk_for(n * per_image, 1), [&] {
-    return [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t image = item / per_image, p0 = item % per_image * pixels;
-        const int64_t p1 = std::min(p0 + pixels, plane);
-        fn(args, image, p0, p1);
-        if (packs) {
-          pack_fn(pack_args, image * blocks + p0 / kPackPixels, image * blocks + (p1 + kPackPixels - 1) / kPackPixels);
-        }
+  dynamic_for(n * per_image, chunk_for(n * per_image, 1), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t image = item / per_image, p0 = item % per_image * pixels;
+      const int64_t p1 = std::min(p0 + pixels, plane);
+      fn(args, image, p0, p1);
+      if (packs) {
+        pack_fn(pack_args, image * blocks + p0 / kPackPixels, image * blocks + (p1 + kPackPixels - 1) / kPackPixels);
       }
-    };
+    }
   });
   return bits;
 }
