@@ -8,7 +8,7 @@ import torch.nn as nn
 from ..bicrossnet import BiCrossNet
 from ..bnext import BNext
 from .build import load_ops
-from .fused import FUSED_MICRO_BATCH, FusedBNext
+from .fused import FUSED_MICRO_BATCH, FusedBiCrossNet, FusedBNext
 from .network import DEFAULT_MICRO_BATCH, PackedBNext
 
 NETWORKS = {"bitpacked": (PackedBNext, DEFAULT_MICRO_BATCH), "fused": (FusedBNext, FUSED_MICRO_BATCH)}
@@ -34,4 +34,5 @@ def convert(model: nn.Module, micro_batch: Optional[int] = None, engine: str = "
     packed = network(ops, backbone, default_micro_batch if micro_batch is None else micro_batch)
     if backbone is model:
         return packed
-    return BiCrossNet(packed, copy.deepcopy(model.head)).eval()
+    wrapper = FusedBiCrossNet if engine == "fused" else BiCrossNet
+    return wrapper(packed, copy.deepcopy(model.head)).eval()

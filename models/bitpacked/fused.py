@@ -12,22 +12,38 @@ After its binary conv a unit runs two passes over memory (``csrc/fused.h``):
 
 The SE's two 1x1 convs run as matrix products on the (images, channels) means, the stem's BN is
 folded into its conv, and a batch runs ``micro_batch`` images at a time through the whole
-backbone. The arithmetic rounds differently from the float network's (sums in another order,
+backbone. The engine's C++ ops share work through a pool that never waits for a pre-empted
+thread; the PyTorch ops left (the stem conv, the MCCG head) run on one thread
+(:func:`one_torch_thread`), since each of their OpenMP regions waits for every thread at its end,
+which on a machine shared with other processes cost more than their second thread gains. The arithmetic rounds differently from the float network's (sums in another order,
 folded BNs, FMAs), so a few activation signs flip and features differ slightly: the exact engine
 stays ``bitpacked``; docs/engine_speed.md measures how far apart the two are.
 """
+import contextlib
 import copy
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..bicrossnet import BiCrossNet
 from ..bnext import BinaryUnit, BNext, ELMAttentionUnit
 from .network import PackedBinaryConv, bn_affine, prelu_slope
 
 # Images per pass through the backbone: one image's maps (<= 4 MiB at 256x256) stay in cache.
 FUSED_MICRO_BATCH = 1
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """PyTorch's own ops on one thread for the block (the engine's ops keep their pool)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def se_linear(conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +135,8 @@ class FusedBNext(nn.Module):
 
     def backbone_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last block's output for a micro-batch ``x``."""
-        x = F.conv2d(x, self.stem_weight, self.stem_bias, self.stem_stride, self.stem_padding)
+        with one_torch_thread():
+            x = F.conv2d(x, self.stem_weight, self.stem_bias, self.stem_stride, self.stem_padding)
         bits = self.ops.pack(x, self.blocks[0].attention.move)
         for i, block in enumerate(self.blocks):
             move_next = self.blocks[i + 1].attention.move if i + 1 < len(self.blocks) else None
@@ -138,3 +155,12 @@ class FusedBNext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class FusedBiCrossNet(BiCrossNet):
+    """BiCrossNet on :class:`FusedBNext`, whose MCCG head runs on one PyTorch thread."""
+
+    def forward(self, x: torch.Tensor):
+        feature_map, global_feature = self.forward_backbone(x)
+        with one_torch_thread():
+            return self.head(feature_map, global_feature)
