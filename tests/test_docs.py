@@ -102,9 +102,10 @@ def all_commands() -> list:
     """Every command of the repository that parses flags."""
     commands = [p.name for p in sorted(ROOT.glob("*.py")) if "ArgumentParser" in p.read_text()]
     commands += [f"scripts/{p.name}" for p in sorted((ROOT / "scripts").glob("*.py"))]
-    for path in sorted(ROOT.glob("*/**/*.py")):
+    folders = [p for p in ROOT.iterdir() if p.is_dir() and p.name[0] not in "._" and p.name not in ("tests", "scripts")]
+    for path in sorted(p for folder in folders for p in folder.rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
-        if parts[0] in ("tests", "scripts") or "ArgumentParser" not in path.read_text():
+        if "ArgumentParser" not in path.read_text():
             continue
         if '__name__ == "__main__"' in path.read_text() or (path.parent / "__main__.py").exists():
             commands.append(".".join(parts[:-1] if (path.parent / "__main__.py").exists() else parts))
@@ -163,14 +164,14 @@ def _shown(path: Path) -> str:
 
 
 def blocks(path: Path) -> list:
-    """``("code", first line, logical lines)`` and ``("text", first line, text)``: a text unit is a
-    paragraph, heading, list item or table row; code lines ending in a backslash join the next."""
+    """``("code", first line, [(line number, logical line)])`` and ``("text", first line, text)``
+    units; a text unit is a paragraph, heading, list item or table row."""
     units, lines, start, in_code = [], [], 1, False
 
     def flush(next_start):
         nonlocal lines, start
         if lines:
-            units.append(("code", start, _joined(lines)) if in_code else ("text", start, " ".join(lines)))
+            units.append(("code", start, _joined(lines, start)) if in_code else ("text", start, " ".join(lines)))
         lines, start = [], next_start
 
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -190,13 +191,16 @@ def blocks(path: Path) -> list:
     return units
 
 
-def _joined(lines: list) -> list:
-    logical = [""]
-    for line in lines:
-        logical[-1] += line.rstrip("\\").rstrip() + " " if line.rstrip().endswith("\\") else line
+def _joined(lines: list, start: int) -> list:
+    """``(line number, text)`` of each logical line: one ending in a backslash continues on the next."""
+    logical, pending, first = [], [], start
+    for number, line in enumerate(lines, start):
+        first = first if pending else number
+        pending.append(line.rstrip().removesuffix("\\"))
         if not line.rstrip().endswith("\\"):
-            logical.append("")
-    return [line for line in logical if line.strip()]
+            logical.append((first, " ".join(pending)))
+            pending = []
+    return [(number, text) for number, text in logical + [(first, " ".join(pending))] if text.strip()]
 
 
 def sentences(text: str) -> list:
@@ -241,10 +245,10 @@ def code_flag_errors(line: str, where: str) -> list:
 def flag_errors(path: Path) -> list:
     errors = []
     for kind, start, content in blocks(path):
-        where = f"{_shown(path)}:{start}"
         if kind == "code":
-            errors += [e for line in content for e in code_flag_errors(line, where)]
+            errors += [e for number, line in content for e in code_flag_errors(line, f"{_shown(path)}:{number}")]
         else:
+            where = f"{_shown(path)}:{start}"
             errors += [e for sentence in sentences(content) for e in prose_flag_errors(sentence, where)]
     return errors
 
