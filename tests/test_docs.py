@@ -10,9 +10,10 @@
   backticked flag belongs to the commands named in the same sentence (a table row or list item is one
   sentence) or, when the sentence names none, to some command's parser. A shell comment's flags are
   read as prose.
-* Every repository path they name in backticks exists (``tests/x.py::test_name`` names a test
-  that exists), except paths inside datasets and run folders (``OUTSIDE``); every relative link
-  reaches a file, and its ``#anchor`` a heading there.
+* Every repository path they name in backticks exists: a path whose first folder is one of the
+  repository's, or a source file named from inside a folder (``csrc/ops.cpp``); paths inside datasets
+  and run folders are not the repository's. ``tests/x.py::test_name`` names a test that exists. Every
+  relative link reaches a file, and its ``#anchor`` a heading there.
 * README's folder map names every module of every package, and README names every script and
   benchmark.
 * The flags the documents say ``--resume`` may change are the code's.
@@ -22,6 +23,7 @@ import importlib
 import importlib.util
 import inspect
 import re
+from fnmatch import fnmatch
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
@@ -39,11 +41,9 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z*(\[])")
 SCRIPT_NAME = re.compile(r"(?<![\w/.-])((?:scripts/)?\w+\.py|train_and_evaluate\w*\.sh)\b|python -m ([\w.]+)")
 RECIPE = re.compile(r"(?:^|/)train_and_evaluate[\w*$]*\.sh$")
-REPO_FILE = re.compile(r"\.(py|sh|md|txt|ini|cfg|toml)$")
+SOURCE_FILE = re.compile(r"\.(py|sh|md|txt|ini|cfg|toml|c|cpp|h|inc)$")
 PATH_LIKE = re.compile(r"^[\w.\-/*…]+(?:::\w+)?$")
-# First folders of paths inside datasets, run folders and TensorBoard logs: not repository paths.
-OUTSIDE = {"data", "checkpoints", "demo_runs", "weights", "train", "test", "satellite", "drone", "street", "google",
-           "tensorboard", "loss", "lr", "…"}
+OUTSIDE = {"data", "checkpoints", "demo_runs", "weights"}  # where datasets, runs and downloads go, not the repository
 NO_FLAGS = {"make"}          # commands that take no flags
 UNCHECKED = {"pip", "pytest"}  # other projects' tools: their flags are theirs
 TRAIN_EXTRAS = frozenset(REFUSED_FLAGS)  # original flags train.py recognises, to refuse them by name
@@ -256,23 +256,37 @@ def flag_errors(path: Path) -> list:
 # --------------------------------------------------------------------------- paths and links
 
 
+@lru_cache(maxsize=None)
+def repository_files() -> tuple:
+    """Every file of the repository outside hidden folders, relative to its root."""
+    return tuple(str(p.relative_to(ROOT)) for p in sorted(ROOT.rglob("*"))
+                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
+
+
+def missing_path(name: str):
+    """Why ``name`` names no repository path, or None. A path from the repository root must exist;
+    a source file named from inside a folder (``csrc/ops.cpp``) must end some repository path."""
+    first = name.split("/")[0]
+    if first in OUTSIDE or first.startswith("."):
+        return None
+    if (ROOT / first).exists():
+        return None if list(ROOT.glob(name.rstrip("/"))) else f"{name} does not exist"
+    if SOURCE_FILE.search(name) and not any(fnmatch(f, name) or fnmatch(f, "*/" + name) for f in repository_files()):
+        return f"{name} does not exist"
+    return None
+
+
 def path_errors(path: Path) -> list:
     errors = []
     for kind, start, content in blocks(path):
-        if kind == "code":
-            continue
-        for span in SPAN.findall(content):
+        for span in SPAN.findall(content) if kind == "text" else []:
             name, _, test = span.partition("::")
-            if not PATH_LIKE.match(span) or not ("/" in name or REPO_FILE.search(name)):
+            if not PATH_LIKE.match(span) or not ("/" in name or SOURCE_FILE.search(name)):
                 continue
-            first = name.split("/")[0]
-            if first in OUTSIDE or first.startswith(("query_", "gallery_", ".")):
-                continue
-            where = f"{_shown(path)}:{start}"
-            if not list(ROOT.glob(name.rstrip("/"))):
-                errors.append(f"{where}: {name} does not exist")
-            elif test and not re.search(rf"^def {test}\(", (ROOT / name).read_text(), re.MULTILINE):
-                errors.append(f"{where}: {name} has no test {test}")
+            problem = missing_path(name)
+            if problem is None and test and not re.search(rf"^def {test}\(", (ROOT / name).read_text(), re.MULTILINE):
+                problem = f"{name} has no test {test}"
+            errors += [f"{_shown(path)}:{start}: {problem}"] if problem else []
     return errors
 
 
