@@ -29,7 +29,7 @@ META = {"h": SIZE, "w": SIZE}
 
 ops = load_ops()
 needs_engine = pytest.mark.skipif(ops is None, reason="the bitpacked engine could not be built here")
-ISAS = ("avx512", "avx2", "portable")
+ISAS = ("avx512", "avx2", "neon", "portable")
 
 
 def signs(x):
