@@ -61,7 +61,9 @@ std::vector<uint64_t> reference_pack(const std::vector<float>& x, const std::vec
   for (int64_t n = 0; n < images; ++n) {
     for (int64_t c = 0; c < channels; ++c) {
       for (int64_t p = 0; p < plane; ++p) {
-        if (x[(n * channels + c) * plane + p] + bias[c] >= 0.0f) bits[(n * plane + p) * words + c / 64] |= 1ULL << (c % 64);
+        if (x[(n * channels + c) * plane + p] + bias[c] >= 0.0f) {
+          bits[(n * plane + p) * words + c / 64] |= 1ULL << (c % 64);
+        }
       }
     }
   }
