@@ -215,7 +215,7 @@ def test_engine_refusals(tmp_path, student, monkeypatch):
     with pytest.raises(ValueError, match="runs BNext students"):
         bitpacked.convert(build_model("mccg_convnext_atto", NUM_CLASSES))
     with pytest.raises(ValueError, match="not available here"):
-        bitpacked.set_isa("neon")
+        bitpacked.set_isa("sse9")
     monkeypatch.setenv(ISA_VARIABLE, "sse9")
     with pytest.raises(UserError, match=f"{ISA_VARIABLE}=sse9"):
         build._apply_isa_variable(ops)
