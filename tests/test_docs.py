@@ -15,7 +15,7 @@
   and run folders are not the repository's. ``tests/x.py::test_name`` names a test that exists. Every
   relative link reaches a file, and its ``#anchor`` a heading there.
 * README's folder map names every module of every package, and README names every script and
-  benchmark.
+  every benchmark that runs as a command.
 * The flags the documents say ``--resume`` may change are the code's.
 """
 import argparse
@@ -93,9 +93,18 @@ def flags_of(command: str) -> frozenset:
     """Every option string ``command`` accepts (``train.py``, ``scripts/compare_runs.py``, ``runs.convert``)."""
     if command in NO_FLAGS or command.endswith(".sh"):
         return frozenset()
-    parser = _parser_of(_module_of(command))
-    flags = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    flags = _option_strings(_parser_of(_module_of(command)))
     return frozenset(flags | (TRAIN_EXTRAS if command == "train.py" else set()))
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set:
+    """The parser's ``--`` options and those of its sub-commands (``search.py build``)."""
+    flags = set()
+    for action in parser._actions:
+        flags |= {option for option in action.option_strings if option.startswith("--")}
+        if isinstance(action, argparse._SubParsersAction):
+            flags = flags.union(*(_option_strings(sub) for sub in action.choices.values()))
+    return flags
 
 
 def all_commands() -> list:
@@ -335,7 +344,8 @@ def test_the_folder_map_names_every_module():
         names = [p.name for p in package.glob("*.py") if not p.name.startswith("__")]
         names += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists()]
         missing += [f"{package.name}/{name}" for name in names if not re.search(rf"(?<![\w/]){re.escape(name)}", entry)]
-    tools = [f"scripts/{p.name}" for p in (ROOT / "scripts").iterdir()] + [p.stem for p in (ROOT / "benchmarks").glob("*.py")]
+    tools = [f"scripts/{p.name}" for p in (ROOT / "scripts").iterdir()]
+    tools += [p.stem for p in (ROOT / "benchmarks").glob("*.py") if '__name__ == "__main__"' in p.read_text()]
     missing += [tool for tool in tools if tool not in readme]
     assert missing == []
 
