@@ -22,6 +22,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 from fnmatch import fnmatch
 from functools import lru_cache
@@ -267,9 +268,13 @@ def flag_errors(path: Path) -> list:
 
 @lru_cache(maxsize=None)
 def repository_files() -> tuple:
-    """Every file of the repository outside hidden folders, relative to its root."""
-    return tuple(str(p.relative_to(ROOT)) for p in sorted(ROOT.rglob("*"))
-                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
+    """Every file of the repository, relative to its root: hidden folders (``.venv``) and the
+    folders of datasets and runs are not walked."""
+    files = []
+    for folder, subfolders, names in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and not (folder == str(ROOT) and d in OUTSIDE)]
+        files += [str(Path(folder, name).relative_to(ROOT)) for name in names]
+    return tuple(files)
 
 
 def missing_path(name: str):
