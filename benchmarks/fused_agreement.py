@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from datasets.retrieval import build_test_sets
 from evaluation.features import extract_features
 from evaluation.metrics import evaluate_retrieval
-from models.packing import load_packed
+from runs.packed import load_packed
 
 DIRECTIONS = {1: "drone -> satellite", 2: "satellite -> drone"}
 

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from datasets.synthetic import generate_sues
 from datasets.retrieval import build_test_sets
 from models import build_model
-from models.packing import ENGINES, export_packed
+from runs.packed import ENGINES, export_packed
 from utils.files import save_checkpoint
 from evaluation.features import extract_features, fuse_branches
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
-from engine.run_dir import save_opts
-from models.run import load_trained_model
+from runs.claim import save_opts
+from runs.checkpoints import load_trained_model
 from evaluation.records import latest_record
 from evaluation.visualize import FRAME, GAP, MATCH, MISTAKE, grid_size, save_retrieval_grid, top_gallery
 
@@ -348,11 +348,14 @@ def test_packed_file_on_both_engines_gives_the_checkpoints_metrics_side_by_side(
     packed_results = json.loads((tmp_path / "results.json").read_text())
     assert sorted(packed_results) == sorted(f"university/{d}/tiny_packed.pt/{SIZE}x{SIZE}/flip/packed-{e}/cpu-fp32"
                                             for d in DIRECTIONS for e in ENGINES)
-    for direction in DIRECTIONS:
+    for mode, direction in enumerate(DIRECTIONS, start=1):
         reference = latest_record(results, "university", direction)
+        # The fused engine rounds differently: within one query of the float network (test_fused.py).
+        one_query = 100 / len(build_test_sets(university_root / "test", "university", None, mode, SIZE, SIZE)[0])
         for engine in ENGINES:
             entry = latest_record(packed_results, "university", direction, engine=f"packed-{engine}")
-            assert all(entry[name] == reference[name] for name in METRIC_NAMES), (direction, engine)
+            tolerance = one_query if engine == "fused" else 0
+            assert all(abs(entry[name] - reference[name]) <= tolerance for name in METRIC_NAMES), (direction, engine)
 
 
 def test_evaluating_at_another_size_adds_a_record_and_says_so(university_root, tmp_path):
