@@ -7,9 +7,9 @@ Three measurements (docs/engine_speed.md):
   rounding counts), over the images;
 * per block: the fraction of the next unit's activation signs that differ between the two engines
   when each runs the whole network on its own (flips spread: these grow with depth);
-* end to end: Recall@1 and AP of each ``--test_dir`` in both aerial directions with the float,
-  bitpacked and fused engines, and their differences from the float engine in queries (one query
-  moves Recall@1 and at most moves AP by 100 / queries).
+* end to end: Recall@1 and AP of each ``--test_dir`` in both aerial directions with the float and
+  fused engines, and their differences in queries (one query moves Recall@1, and AP by at most
+  100 / queries); the bitpacked engine's are the float engine's, bit for bit (test_bitpacked.py).
 
 Run from the repository root, e.g.
 ``python -m benchmarks.fused_agreement --packed RUN/last_packed.pt --test_dir DATA/test OTHER/test``.
@@ -20,12 +20,12 @@ from typing import Dict, List
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.retrieval import build_test_sets
+from datasets.retrieval import AERIAL_MODES, DRONE_QUERY_MODES, MODE_NAMES, build_test_sets
 from evaluation.features import extract_features
 from evaluation.metrics import evaluate_retrieval
 from runs.packed import load_packed
 
-DIRECTIONS = {1: "drone -> satellite", 2: "satellite -> drone"}
+DIRECTIONS = {mode: MODE_NAMES[mode] for mode in AERIAL_MODES}
 
 
 def parse_args(argv=None):
@@ -34,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--test_dir", nargs="+", required=True, help="University-1652-layout test folders")
     parser.add_argument("--images", type=int, default=128, help="drone query images for the per-unit and sign figures")
     parser.add_argument("--batchsize", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return parser.parse_args(argv)
 
 
@@ -64,16 +65,16 @@ def unit_differences(exact, fused, images: torch.Tensor) -> List[float]:
 
 
 def block_outputs(model, images: torch.Tensor) -> List[torch.Tensor]:
-    """Every block's output map, for either engine."""
-    maps = []
-    hooks = [b.register_forward_hook(lambda m, args, out: maps.append(torch.cat(out) if isinstance(out, list)
-                                                                      else out[0]))
+    """Every block's output map for all ``images``, for either engine (whose blocks see the batch in
+    micro-batches, in different orders)."""
+    maps = {block: [] for block in model.backbone.blocks}
+    hooks = [b.register_forward_hook(lambda m, args, out: maps[m].extend(out if isinstance(out, list) else out[:1]))
              for b in model.backbone.blocks]
     with torch.inference_mode():
         model(images)
     for hook in hooks:
         hook.remove()
-    return maps
+    return [torch.cat(chunks) for chunks in maps.values()]
 
 
 def sign_flips(exact, fused, images: torch.Tensor) -> List[float]:
@@ -93,13 +94,15 @@ def metrics(model, test_dir: str, mode: int, h: int, w: int, batchsize: int) -> 
 
 
 def drone_images(test_dir: str, count: int, h: int, w: int) -> torch.Tensor:
-    query_set, _ = build_test_sets(test_dir, "university", None, 1, h, w)
+    query_set, _ = build_test_sets(test_dir, "university", None, DRONE_QUERY_MODES[0], h, w)
     loader = DataLoader(query_set, batch_size=count)
     return next(iter(loader))[0]
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     engines = {name: load_packed(args.packed, engine=name)[0] for name in ("float", "bitpacked", "fused")}
     meta = load_packed(args.packed)[1]
     h, w = meta["h"], meta["w"]
@@ -119,7 +122,8 @@ def main(argv=None) -> None:
     print("|---|---|---|---:|---:|---:|---:|")
     for test_dir in args.test_dir:
         for mode, direction in DIRECTIONS.items():
-            results = {name: metrics(model, test_dir, mode, h, w, args.batchsize) for name, model in engines.items()}
+            results = {name: metrics(engines[name], test_dir, mode, h, w, args.batchsize)
+                       for name in ("float", "fused")}
             for name, m in results.items():
                 queries = (m["recall@1"] - results["float"]["recall@1"]) * m["queries"] / 100
                 ap_queries = (m["ap"] - results["float"]["ap"]) * m["queries"] / 100
