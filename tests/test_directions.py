@@ -15,7 +15,7 @@ import torch
 from datasets import DATASET_MODES, DRONE_QUERY_MODES, MODE_NAMES, modes_in_split, resolve_test_folders
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval_loop
 from evaluation.records import latest_record
-from test_evaluate import SIZE, assert_one_line_error, run_cli, write_run
+from helpers.evaluation_cli import SIZE, assert_test_cli_error, run_cli, write_run
 from utils.errors import UserError
 
 # Written out, not read from MODES: what test.py --mode N must mean.
@@ -155,12 +155,12 @@ def test_street_modes_on_sues_and_missing_street_folders_are_one_line_errors(cap
                                                                              sues_root, tmp_path):
     sues_run = write_run(tmp_path / "sues", "mccg_convnext_atto", dataset="sues", altitude=150)
     for mode in ("3", "4", "5", "6"):
-        assert_one_line_error(capsys, ["--name", sues_run.name, "--checkpoint_dir", tmp_path, "--test_dir",
+        assert_test_cli_error(capsys, ["--name", sues_run.name, "--checkpoint_dir", tmp_path, "--test_dir",
                                        sues_root / "test", "--mode", mode], f"--mode {mode}",
                               "SUES-200 has no street view")
-    assert_one_line_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir",
                                    sues_root / "test", "--mode", "6"], "SUES-200 has no street view")
     test = street_split(university_root, tmp_path / "test")
-    assert_one_line_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir", test,
+    assert_test_cli_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir", test,
                                    "--mode", "3"], test / "query_street", "not found")
     assert not (teacher / "results.json").exists()

@@ -13,7 +13,7 @@ from training import trainer
 from optim.stepping import step_optimizers
 from utils.device import configure_precision
 
-from test_train import base_args, losses, state
+from helpers.tiny_runs import base_args, losses, state
 
 
 def enabled_cpu_scaler(device, enabled):

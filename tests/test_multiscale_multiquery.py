@@ -15,7 +15,7 @@ from evaluation.features import check_scales, extract_features, fuse_branches, p
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop
 from evaluation.records import latest_record, record_key
 from runs.checkpoints import load_trained_model
-from test_evaluate import SIZE, ToyBranchNet, assert_one_line_error, run_cli, write_run
+from helpers.evaluation_cli import SIZE, ToyBranchNet, assert_test_cli_error, run_cli, write_run
 
 BASE = f"last.pth/{SIZE}x{SIZE}"
 
@@ -152,14 +152,14 @@ def test_record_keys_of_the_standard_protocol_are_unchanged_and_old_records_read
 @pytest.mark.parametrize("value", ["0", "-1", "1,,1.1", "abc", "1,1", "nan", "1,inf", ""])
 def test_bad_ms_values_are_one_line_errors(capsys, evaluated, university_root, value):
     run = evaluated[0]
-    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
                                    university_root / "test", "--ms", value], "--ms", "positive numbers")
 
 
 def test_scaled_size_the_network_cannot_take_is_one_line_error(capsys, evaluated, university_root, tmp_path):
     run = shutil.copytree(evaluated[0], tmp_path / "teacher")
     (run / "results.json").unlink()
-    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", tmp_path, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run.name, "--checkpoint_dir", tmp_path, "--test_dir",
                                    university_root / "test", "--ms", "1,0.0625"], "--ms 0.0625",
                           f"{SIZE}x{SIZE} input resized to 16x16", "cannot take 16x16")
     assert not (run / "results.json").exists()
@@ -168,6 +168,6 @@ def test_scaled_size_the_network_cannot_take_is_one_line_error(capsys, evaluated
 @pytest.mark.parametrize("mode", ["1", "3", "4", "6"])
 def test_multi_without_drone_queries_is_refused(capsys, evaluated, university_root, mode):
     run = evaluated[0]
-    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
                                    university_root / "test", "--mode", mode, "--multi"], "--multi",
                           f"--mode {mode}", "2, 5, both or all")

@@ -15,11 +15,10 @@ from utils.files import save_checkpoint
 from utils.errors import UserError
 from runs.packed import (FORMAT_VERSION, signs_restore_exactly, binary_weight_bytes, export_packed, load_packed,
                            pack_signs, packed_bytes, serialized_bytes, unpack_signs)
-from runs.claim import save_opts
+from helpers.evaluation_cli import SIZE, write_run
 
 STUDENT = "bicrossnet_bnext_tiny"
 NUM_CLASSES = 7
-SIZE = 64
 META = {"h": SIZE, "w": SIZE, "dataset": "university", "altitude": None}
 
 
@@ -73,20 +72,15 @@ def features(model, seed=1):
         return model(x)
 
 
-def write_run(run_dir, model_name, model, options):
-    """A run directory as train.py leaves it: opts.yaml and last.pth."""
-    save_opts(run_dir, {"model": model_name, "model_options": options, "num_classes": NUM_CLASSES, **META})
-    save_checkpoint({"model": model.state_dict(), "epoch": 3, "optimizer": {}}, run_dir / "last.pth")
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A BNext-T student run with random weights exported by the CLI: (model, packed path, features, output)."""
     root = tmp_path_factory.mktemp("runs")
     model = randomize(build_model(STUDENT, NUM_CLASSES))
     expected = features(model)  # before exporting: the export must leave the model as it was
-    write_run(root / "student", STUDENT, model, {"block": 2, "binarizer": "bnext"})
-    write_run(root / "teacher", "mccg_convnext_atto", build_model("mccg_convnext_atto", NUM_CLASSES), {"block": 2})
+    write_run(root / "student", STUDENT, state_dict=model.state_dict(),
+              model_options={"block": 2, "binarizer": "bnext"}, num_classes=NUM_CLASSES)
+    write_run(root / "teacher", "mccg_convnext_atto", model_options={"block": 2}, num_classes=NUM_CLASSES)
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         export.main(["--name", "student", "--checkpoint_dir", str(root), "--teacher", "teacher"])

@@ -16,7 +16,7 @@ from training.original_flags import REFUSED_FLAGS
 from optim.unfreeze import hold_frozen_batchnorm
 from utils.errors import UserError
 
-from test_train import base_args, state
+from helpers.tiny_runs import base_args, state
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,9 @@ from runs.claim import RunClaim
 from training.trainer import Trainer
 from utils.errors import UserError
 
-from test_reliability import assert_one_line_error, exit_code, snapshot, train_args
+from helpers.errors import assert_one_line_error, exit_code
+from helpers.files import snapshot
+from helpers.tiny_runs import train_args
 
 REPO = Path(__file__).resolve().parents[1]
 

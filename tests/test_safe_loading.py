@@ -13,13 +13,8 @@ import train
 from runs import upgrade
 from training.state import rng_state
 from runs import convert
-
-from test_evaluate import load_cli
-from test_train import base_args, losses, state
-
-
-
-TEST_CLI = load_cli()
+from helpers.evaluation_cli import CLI as TEST_CLI
+from helpers.tiny_runs import base_args, losses, state
 
 
 class Payload:

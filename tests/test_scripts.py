@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import train
-from test_train import base_args
+from helpers.tiny_runs import base_args
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train_and_evaluate_university.sh"

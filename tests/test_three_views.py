@@ -9,8 +9,8 @@ from datasets import CrossViewTrainSet, build_train_set
 from datasets.pairs import VIEWS
 from utils.errors import UserError
 
-from test_datasets import names, raw
-from test_train import base_args, losses, state
+from helpers.files import names, raw
+from helpers.tiny_runs import base_args, losses, state
 
 RAW3 = {view: T.PILToTensor() for view in VIEWS[3]}
 

@@ -1,6 +1,5 @@
 """train.py end to end on tiny synthetic data: losses fall, phases unfreeze in order, resume is exact,
 distillation and DDP run, checkpoints load weights-only, and bad flags fail with one clear line."""
-import csv
 import os
 import random
 import subprocess
@@ -18,22 +17,9 @@ from training.state import rng_state, seeded_rngs, set_rng_state
 from models import build_model
 from optim.partition import partition_parameters
 from utils.files import save_checkpoint
+from helpers.tiny_runs import base_args, losses, state
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def base_args(root, ckpt, name, *extra):
-    return ["--name", name, "--checkpoint_dir", str(ckpt), "--data_dir", str(root / "train"), "--h", "32",
-            "--w", "32", "--batchsize", "3", "--num_workers", "0", "--device", "cpu", *extra]
-
-
-def losses(run_dir, key="total"):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [float(row[key]) for row in csv.DictReader(f)]
-
-
-def state(run_dir, which="last.pth"):
-    return torch.load(run_dir / which, map_location="cpu", weights_only=True)["model"]
 
 
 def test_student_loss_decreases(university_root, tmp_path):

@@ -16,7 +16,7 @@ from training.trainer import Trainer
 from training.training_log import duration, progress_enabled
 from runs.checkpoints import load_checkpoint
 
-from test_train import base_args
+from helpers.tiny_runs import base_args
 
 TEACHER = ("--model", "mccg_convnext_atto")
 EPOCH_LINE = re.compile(r"INFO epoch (\d+)/(\d+)  (.*)$")
