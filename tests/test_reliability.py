@@ -42,6 +42,8 @@ from helpers.files import snapshot
 from helpers.tiny_runs import train_args
 
 REPO = Path(__file__).resolve().parents[1]
+# Fault injection trains and kills real runs: the whole module is slow (run by `make test`, not `make test-fast`).
+pytestmark = pytest.mark.slow
 # One intra-op thread everywhere: bit-exact comparisons between this process and subprocesses
 # need the same float summation order, and 2 cores shared by several processes run faster so.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -22,6 +22,7 @@ from helpers.tiny_runs import base_args, losses, state
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_student_loss_decreases(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "student", "--epochs", "6", "--lr", "0.002",
                      "--bigradual_n1", "0", "--bigradual_n2", "0", "--no-autoaugment", "--erasing_p", "0")
@@ -34,6 +35,7 @@ def test_student_loss_decreases(university_root, tmp_path):
         {p.name for p in run.iterdir()}
 
 
+@pytest.mark.slow
 def test_teacher_loss_decreases_with_sgd_recipe(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
                      "--lr", "0.003", "--epochs", "6", "--sample_num", "2", "--bigradual_n1", "0", "--bigradual_n2",
@@ -43,6 +45,7 @@ def test_teacher_loss_decreases_with_sgd_recipe(university_root, tmp_path):
     assert totals[-1] < 0.9 * totals[0], totals
 
 
+@pytest.mark.slow
 def test_bigradual_phases_update_head_then_full_precision_then_binary(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "phases", "--epochs", "3", "--bigradual_n1", "1",
                      "--bigradual_n2", "2", "--save_every", "1", "--seed", "5")
@@ -70,6 +73,7 @@ def test_bigradual_phases_update_head_then_full_precision_then_binary(university
     assert log.index("phase 1") < log.index("phase 2") < log.index("phase 3")
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(university_root, tmp_path):
     # The resumed epoch enters phase 3, so resuming also crosses an unfreezing boundary.
     common = ("--bigradual_n1", "1", "--bigradual_n2", "1", "--steps", "1", "--seed", "3")
@@ -90,6 +94,7 @@ def draws():
     return random.random(), np.random.random(3).tolist(), np.random.normal(), torch.rand(3).tolist()
 
 
+@pytest.mark.slow
 def test_checkpoints_load_weights_only_with_the_rng_state(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "run", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
                      "--epochs", "1", "--bigradual_n1", "0", "--bigradual_n2", "0")
@@ -143,6 +148,7 @@ def test_seeded_rngs_draws_from_the_value_and_leaves_every_other_stream_alone(mo
     assert inside == reference
 
 
+@pytest.mark.slow
 def test_distillation_from_a_teacher_run(university_root, tmp_path):
     teacher = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
                         "--lr", "0.01", "--epochs", "1", "--bigradual_n1", "0", "--bigradual_n2", "0")
@@ -159,6 +165,7 @@ def test_distillation_from_a_teacher_run(university_root, tmp_path):
         assert total == pytest.approx(ce + triplet + 2 * kd, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("views, port", [("2", "29533"), ("3", "29534")])
 def test_ddp_with_two_gloo_processes(university_root, tmp_path, views, port):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
