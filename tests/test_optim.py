@@ -295,7 +295,7 @@ def test_schedulers_decay_each_optimizer_at_milestones():
 def test_bnext_student_partition_matches_design_figures():
     model = build_model("bicrossnet_bnext_tiny", 5)
     groups = partition_parameters(model)
-    assert sum(p.numel() for _, p in groups["binary"]) == pytest.approx(28.25e6, abs=5e3)  # DESIGN §2
+    assert sum(p.numel() for _, p in groups["binary"]) == pytest.approx(28.25e6, abs=5e3)  # docs/method.md §2.1
     modules = dict(model.named_modules())
     assert all(name.endswith(".weight") and isinstance(modules[name[:-7]], BinaryConv2d)
                for name, _ in groups["binary"])

@@ -111,7 +111,7 @@ def bnext_binary_weights(size):
 def test_packed_file_stores_binary_weights_at_one_bit(exported):
     model, path, _, _ = exported
     n = bnext_binary_weights("tiny")
-    assert abs(n - 28.25e6) < 0.01e6  # DESIGN.md: BNext-T has 28.25 M binary conv weights
+    assert abs(n - 28.25e6) < 0.01e6  # docs/method.md §2.1: BNext-T has 28.25 M binary conv weights
     sizes = binary_weight_bytes(model)
     assert sizes == {"binary_params": n, "float32_bytes": 4 * n, "packed_bytes": n // 8}
     assert sizes["float32_bytes"] == 32 * sizes["packed_bytes"]
