@@ -96,6 +96,7 @@ def test_modes_in_split_lists_the_directions_present(university_root, sues_root,
     assert modes_in_split(sues_root / "test", "sues", 150) == ([1, 2], {})
 
 
+@pytest.mark.slow
 def test_mode_all_evaluates_every_direction_like_the_reference(teacher, university_root, tmp_path):
     test = street_split(university_root, tmp_path / "test", "query_street", "gallery_street")
     run = fresh(teacher, tmp_path)
@@ -120,6 +121,7 @@ def test_mode_all_evaluates_every_direction_like_the_reference(teacher, universi
         assert line.split() == [name, f"{record['recall@1']:.2f}", "/", f"{record['ap']:.2f}"]
 
 
+@pytest.mark.slow
 def test_mode_all_skips_the_street_directions_the_split_lacks(teacher, university_root, tmp_path):
     test = street_split(university_root, tmp_path / "test", "query_street")
     run = fresh(teacher, tmp_path)
@@ -129,6 +131,7 @@ def test_mode_all_skips_the_street_directions_the_split_lacks(teacher, universit
     assert sorted(results) == sorted(key(NAMES[mode]) for mode in (1, 2, 3, 6))
 
 
+@pytest.mark.slow
 def test_single_street_mode(teacher, university_root, tmp_path):
     test = street_split(university_root, tmp_path / "test", "gallery_street")
     run = fresh(teacher, tmp_path)
@@ -139,6 +142,7 @@ def test_single_street_mode(teacher, university_root, tmp_path):
     assert (run / "pytorch_result.mat").is_file()
 
 
+@pytest.mark.slow
 def test_mode_all_on_sues_is_satellite_and_drone(sues_root, tmp_path):
     torch.manual_seed(4)
     run = write_run(tmp_path / "checkpoints" / "sues", "mccg_convnext_atto", dataset="sues", altitude=150)

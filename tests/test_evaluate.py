@@ -108,6 +108,7 @@ def test_retrieval_grid_frames_matches_green_and_mistakes_red(tmp_path):
 # ----------------------------------------------------------------------------- test.py
 
 
+@pytest.mark.slow
 def test_results_json_holds_both_directions(evaluated, university_root):
     _, stdout, results = evaluated
     assert sorted(results) == sorted(f"university/{d}/last.pth/{SIZE}x{SIZE}/flip/float/cpu-fp32" for d in DIRECTIONS)
@@ -122,6 +123,7 @@ def test_results_json_holds_both_directions(evaluated, university_root):
         assert format_metrics(entry) in stdout
 
 
+@pytest.mark.slow
 def test_results_equal_metrics_of_directly_computed_features(evaluated, university_root):
     run_dir, _, results = evaluated
     model, _, _ = load_trained_model(run_dir)
@@ -138,6 +140,7 @@ def test_results_equal_metrics_of_directly_computed_features(evaluated, universi
             assert recorded[name] == pytest.approx(direct[name], abs=1e-6), (direction, name)
 
 
+@pytest.mark.slow
 def test_mat_export_is_readable_and_matches_the_reference_metrics(evaluated, university_root):
     run_dir, _, results = evaluated
     for direction, (query_folder, gallery_folder) in FOLDERS.items():
@@ -155,6 +158,7 @@ def test_mat_export_is_readable_and_matches_the_reference_metrics(evaluated, uni
             assert latest_record(results, "university", direction)[name] == pytest.approx(reference[name], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_visualization_png_has_one_row_per_query(evaluated, university_root):
     run_dir = evaluated[0]
     for direction, (_, gallery_folder) in FOLDERS.items():
@@ -182,6 +186,7 @@ def test_single_direction_writes_pytorch_result_and_keeps_earlier_results(univer
     assert not list(run.glob("pytorch_result_*.mat"))
 
 
+@pytest.mark.slow
 def test_sues_all_altitudes_prints_a_table(tmp_path):
     generate_sues(tmp_path / "sues", places=4, train_places=2, drones_per_place=2, image_size=32, seed=1)
     torch.manual_seed(1)
@@ -201,6 +206,7 @@ def test_sues_all_altitudes_prints_a_table(tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_run_without_opts_is_one_line_error_from_the_command_line(tmp_path, university_root):
     (tmp_path / "empty").mkdir()
     done = subprocess.run([sys.executable, "test.py", "--name", "empty", "--checkpoint_dir", str(tmp_path),
@@ -270,6 +276,7 @@ def test_cuda_requested_without_gpu(capsys, run_dir, university_root):
                                                 "is available; use device 'cpu'")
 
 
+@pytest.mark.slow
 def test_packed_file_on_both_engines_gives_the_checkpoints_metrics_side_by_side(evaluated, university_root,
                                                                                 tmp_path):
     run_dir, _, results = evaluated

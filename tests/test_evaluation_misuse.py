@@ -49,6 +49,7 @@ def test_concurrent_records_all_survive(tmp_path):
         {(p, str(i)) for p in "abc" for i in range(25)}
 
 
+@pytest.mark.slow
 def test_two_test_py_processes_on_one_run_keep_both_directions(run, tmp_path, university_root):
     copy = fresh_copy(run, tmp_path)
     common = [sys.executable, "test.py", "--name", copy.name, "--checkpoint_dir", str(tmp_path), "--test_dir",
@@ -94,6 +95,7 @@ def test_opts_without_an_input_size(capsys, run, tmp_path, university_root):
     assert snapshot(copy) == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_directions_and_prints_one_line(capsys, run, tmp_path, university_root,
                                                              monkeypatch):
     copy = fresh_copy(run, tmp_path)
@@ -115,6 +117,7 @@ def test_ctrl_c_keeps_finished_directions_and_prints_one_line(capsys, run, tmp_p
     assert [r["direction"] for r in load_results(copy / "results.json").values()] == ["Satellite->Drone"]
 
 
+@pytest.mark.slow
 def test_queries_without_a_match_are_counted(run, tmp_path, university_root):
     test_dir = shutil.copytree(university_root / "test", tmp_path / "test")
     lonely = test_dir / "query_satellite" / "9999"
@@ -126,6 +129,7 @@ def test_queries_without_a_match_are_counted(run, tmp_path, university_root):
     assert latest_record(load_results(copy / "results.json"), "university", "Satellite->Drone")["unmatched_queries"] == 1
 
 
+@pytest.mark.slow
 def test_mat_export_keeps_the_old_file_when_writing_fails(capsys, run, tmp_path, university_root,
                                                           monkeypatch):
     copy = fresh_copy(run, tmp_path)
@@ -148,6 +152,7 @@ def test_mat_export_keeps_the_old_file_when_writing_fails(capsys, run, tmp_path,
     assert not list(copy.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_mat_export_stores_paths_that_are_not_utf8(run, tmp_path, university_root):
     test_dir = shutil.copytree(university_root / "test", tmp_path / "test")
     image = next((test_dir / "gallery_satellite").glob("*/*"))

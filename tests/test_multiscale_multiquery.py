@@ -91,6 +91,7 @@ def evaluated(tmp_path_factory, university_root):
     return run, outputs, json.loads((run / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_ms_and_multi_records_have_distinct_keys(evaluated):
     _, _, results = evaluated
     assert sorted(results) == sorted(f"university/Drone->Satellite/{query}{BASE}{scales}/flip/float/cpu-fp32"
@@ -101,6 +102,7 @@ def test_ms_and_multi_records_have_distinct_keys(evaluated):
     assert (both["query"], both["scales"]) == ("multi", [1.0, 1.5])
 
 
+@pytest.mark.slow
 def test_multi_query_metrics_equal_those_of_descriptors_pooled_by_hand(evaluated, university_root):
     run, outputs, results = evaluated
     mat = scipy.io.loadmat(run / "pytorch_result.mat")  # the single-query descriptors of the first call
@@ -118,6 +120,7 @@ def test_multi_query_metrics_equal_those_of_descriptors_pooled_by_hand(evaluated
     assert "summary" not in outputs[0]  # two results: no table (it is for more than two)
 
 
+@pytest.mark.slow
 def test_ms_metrics_equal_those_of_directly_computed_multi_scale_features(evaluated, university_root):
     run, outputs, results = evaluated
     model, _, _ = load_trained_model(run)
@@ -149,6 +152,7 @@ def test_record_keys_of_the_standard_protocol_are_unchanged_and_old_records_read
     assert latest_record(results, "sues", "Drone->Satellite", 150, query="multi") is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "-1", "1,,1.1", "abc", "1,1", "nan", "1,inf", ""])
 def test_bad_ms_values_are_one_line_errors(capsys, evaluated, university_root, value):
     run = evaluated[0]
@@ -156,6 +160,7 @@ def test_bad_ms_values_are_one_line_errors(capsys, evaluated, university_root, v
                                    university_root / "test", "--ms", value], "--ms", "positive numbers")
 
 
+@pytest.mark.slow
 def test_scaled_size_the_network_cannot_take_is_one_line_error(capsys, evaluated, university_root, tmp_path):
     run = shutil.copytree(evaluated[0], tmp_path / "teacher")
     (run / "results.json").unlink()
@@ -165,6 +170,7 @@ def test_scaled_size_the_network_cannot_take_is_one_line_error(capsys, evaluated
     assert not (run / "results.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["1", "3", "4", "6"])
 def test_multi_without_drone_queries_is_refused(capsys, evaluated, university_root, mode):
     run = evaluated[0]

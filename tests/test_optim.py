@@ -302,6 +302,7 @@ def test_bnext_student_partition_matches_design_figures():
     assert {id(p) for _, p in groups["head"]} == {id(p) for p in model.head.parameters()}
 
 
+@pytest.mark.slow
 def test_bnext_student_first_phase_step_trains_only_the_head():
     torch.manual_seed(0)
     model = build_model("bicrossnet_bnext_tiny", 4).train()

@@ -88,6 +88,7 @@ def exported(tmp_path_factory):
     return model, root / "student" / "last_packed.pt", expected, output.getvalue()
 
 
+@pytest.mark.slow
 def test_packed_bnext_tiny_reproduces_features_exactly(exported):
     model, path, expected, _ = exported
     packed, meta = load_packed(path)
@@ -108,6 +109,7 @@ def bnext_binary_weights(size):
     return sum(9 * ch[i - 1] ** 2 + (2 if ch[i] != ch[i - 1] else 1) * ch[i - 1] ** 2 for i in range(1, len(ch)))
 
 
+@pytest.mark.slow
 def test_packed_file_stores_binary_weights_at_one_bit(exported):
     model, path, _, _ = exported
     n = bnext_binary_weights("tiny")
@@ -123,6 +125,7 @@ def test_packed_file_stores_binary_weights_at_one_bit(exported):
     assert serialized_bytes(model.state_dict()) > 6 * file_size
 
 
+@pytest.mark.slow
 def test_packed_recu_student_reproduces_features_exactly(tmp_path):
     model = randomize(build_model(STUDENT, NUM_CLASSES, binarizer="recu"), seed=3)
     dead = model.backbone.feature[3].FFN.binary_conv
@@ -171,6 +174,7 @@ def tampered(exported, tmp_path, change):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     (lambda p: p["meta"].update(model="mccg_convnext_atto", model_options={}), "does not fit model 'mccg_convnext_atto'"),
     (lambda p: p["meta"]["model_options"].update(block=1), "does not match model"),
@@ -193,6 +197,7 @@ def test_load_rejects_a_file_that_does_not_fit(exported, tmp_path, change, messa
     assert str(path) in str(err.value)
 
 
+@pytest.mark.slow
 def test_load_rejects_truncated_foreign_and_missing_files(exported, tmp_path):
     data = exported[1].read_bytes()
     truncated = tmp_path / "truncated.pt"
@@ -207,6 +212,7 @@ def test_load_rejects_truncated_foreign_and_missing_files(exported, tmp_path):
             load_packed(path)
 
 
+@pytest.mark.slow
 def test_export_cli_writes_verifies_and_reports_sizes(exported):
     model, path, _, out = exported
     assert f"wrote {path}" in out
