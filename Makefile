@@ -1,5 +1,5 @@
 # Quick start: `make demo` runs the synthetic end-to-end pipeline, `make test` runs all the tests,
-# `make test-fast` all but the slow ones (those marked `slow`: end-to-end training), in about a minute.
+# `make test-fast` all but those marked `slow` (end-to-end training, anything over ~2 s), in about a minute.
 # Both create .venv and install requirements.txt (at the versions pinned in constraints.txt) on first
 # use, and again only if either file changes.
 PYTHON ?= python3
