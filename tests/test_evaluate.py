@@ -167,6 +167,7 @@ def test_visualization_png_has_one_row_per_query(evaluated, university_root):
             assert picture.size == grid_size(2, 1 + min(10, gallery_size))
 
 
+@pytest.mark.slow
 def test_single_direction_writes_pytorch_result_and_keeps_earlier_results(university_root, tmp_path):
     run = write_run(tmp_path / "teacher", "mccg_convnext_atto")
     (run / "results.json").write_text(json.dumps({"sues/150/Drone->Satellite": {"ap": 1.0},
@@ -298,6 +299,7 @@ def test_packed_file_on_both_engines_gives_the_checkpoints_metrics_side_by_side(
             assert all(entry[name] == reference[name] for name in METRIC_NAMES), (direction, engine)
 
 
+@pytest.mark.slow
 def test_evaluating_at_another_size_adds_a_record_and_says_so(university_root, tmp_path):
     run = write_run(tmp_path / "teacher", "mccg_convnext_atto")
     run_cli("--name", "teacher", "--checkpoint_dir", tmp_path, "--test_dir", university_root / "test", "--mode", "2")

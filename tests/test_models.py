@@ -346,6 +346,7 @@ def test_multi_view_net_shares_every_weight():
     torch.testing.assert_close(sat, net(x))
 
 
+@pytest.mark.slow
 def test_multi_view_net_accumulates_gradient_from_both_views():
     torch.manual_seed(0)
     net = build_model("mccg_convnext_atto", 4).eval()  # eval: deterministic, so each view can be replayed
@@ -387,6 +388,7 @@ def test_load_run_gives_the_trained_network_in_eval_mode(tmp_path):
     assert not torch.equal(load_run(tmp_path).head.classifiers[0].fc.weight, trained.head.classifiers[0].fc.weight)
 
 
+@pytest.mark.slow
 def test_input_size_probe_is_a_value_error_without_flags():
     torch.manual_seed(0)
     net = build_model("bicrossnet_bnext_tiny", 5).train()
