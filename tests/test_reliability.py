@@ -37,8 +37,13 @@ from models._helpers import nonfinite_entries
 from runs.checkpoints import load_checkpoint
 from utils.files import save_checkpoint
 from runs.claim import save_opts
+from helpers.errors import assert_one_line_error, exit_code
+from helpers.files import snapshot
+from helpers.tiny_runs import train_args
 
 REPO = Path(__file__).resolve().parents[1]
+# Fault injection trains and kills real runs: the whole module is slow (run by `make test`, not `make test-fast`).
+pytestmark = pytest.mark.slow
 # One intra-op thread everywhere: bit-exact comparisons between this process and subprocesses
 # need the same float summation order, and 2 cores shared by several processes run faster so.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -60,11 +65,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def train_args(data, ckpt, name, *extra):
-    return ["--name", name, "--checkpoint_dir", str(ckpt), "--data_dir", str(data), "--h", "32", "--w", "32",
-            "--batchsize", "3", "--num_workers", "0", "--device", "cpu", "--seed", "7", "--epochs", "2", *extra]
-
-
 def run_with_fault(fault, argv, **kwargs):
     return subprocess.run([sys.executable, str(FAULT_RUNNER), *argv], cwd=REPO, env={**ENV, "FAULT": fault},
                           capture_output=True, text=True, timeout=300, **kwargs)
@@ -84,27 +84,6 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different[:5]
-
-
-def assert_one_line_error(stderr, *fragments):
-    """stderr ends with a single ``error: ...`` line holding ``fragments``, and shows no traceback
-    (progress bars before it are fine)."""
-    assert "error: " in stderr and "Traceback" not in stderr, stderr[-3000:]
-    line = stderr[stderr.rindex("error: "):].rstrip("\n")
-    assert "\n" not in line and "\r" not in line, line
-    for fragment in fragments:
-        assert str(fragment) in line, (fragment, line)
-
-
-def exit_code(argv, main=train.main):
-    try:
-        return main(argv)
-    except SystemExit as done:
-        return done.code
-
-
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def temporaries(folder):
