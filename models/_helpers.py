@@ -23,18 +23,26 @@ def nonfinite_entries(state_dict: Dict[str, Any]) -> List[str]:
             if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
+def _holds_data(value: Any) -> bool:
+    """A tensor with values (a meta tensor has a shape but no data to load)."""
+    return torch.is_tensor(value) and not value.is_meta
+
+
 def state_dict_mismatch(model: torch.nn.Module, state_dict: Mapping[str, Any]) -> str:
     """One line naming missing, unexpected and wrongly shaped keys ('' when ``state_dict`` fits)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
+    not_data = [f"{k} ({type(state_dict[k]).__name__}{' on the meta device' if torch.is_tensor(state_dict[k]) else ''})"
+                for k in expected if k in state_dict and not _holds_data(state_dict[k])]
     wrong_shape = [
         f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)
+        if k in state_dict and _holds_data(state_dict[k]) and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     parts = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("entries that are not tensors with data", not_data), ("shape mismatches", wrong_shape)):
         if items:
             shown = ", ".join(items[:3]) + (f" … (+{len(items) - 3} more)" if len(items) > 3 else "")
             parts.append(f"{len(items)} {label} ({shown})")

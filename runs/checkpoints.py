@@ -13,16 +13,17 @@ import yaml
 
 from models import build_model
 from models._helpers import load_model_state
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 from utils.files import PathLike, read_torch_file
 
 from .convert import is_original, load_original
-from .layout import OPTS_FILE, checkpoint_name, saved_checkpoints
+from .layout import OPTS_FILE, checkpoint_name, saved_checkpoints, set_aside_note
+from .opts_values import check_network_entries
 
 def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
     """Load a checkpoint dict without running code from it (weights-only); a missing, truncated,
     foreign or executable file is a one-line :class:`UserError`."""
-    obj = read_torch_file(path, "checkpoint", map_location)
+    obj = read_torch_file(path, "checkpoint", map_location, upgradable=True)
     if not isinstance(obj, dict) or "model" not in obj:
         raise UserError(f"checkpoint {path} is not a BiCrossNet checkpoint (expected a dict with a 'model' entry)")
     return obj
@@ -39,14 +40,18 @@ def numpy_rng_entry(state: tuple) -> dict:
 def load_opts(run_dir: Union[str, Path]) -> dict:
     path = Path(run_dir) / OPTS_FILE
     if not path.is_file():
-        raise UserError(f"{path} does not exist; expected a run directory written by train.py")
+        raise UserError(f"{path} does not exist; expected a run directory written by train.py"
+                        f"{set_aside_note(run_dir)}")
     try:
         opts = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {err}") from None
+        raise UserError(f"{path} is not valid YAML: {first_line(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is unreadable ({err})") from None
     for key in ("model", "num_classes", "model_options", "h", "w"):
         if not isinstance(opts, dict) or key not in opts:
             raise UserError(f"{path} has no {key!r} entry; expected opts.yaml written by train.py")
+    check_network_entries(opts, path)
     return opts
 
 
@@ -75,7 +80,8 @@ def load_trained_model(path: Union[str, Path], which_epoch: Union[str, int] = "l
         opts = load_opts(run_dir)
     if not ckpt_path.is_file():
         available = ", ".join(saved_checkpoints(run_dir)) or "none"
-        raise UserError(f"checkpoint {ckpt_path} does not exist; checkpoints in {run_dir}: {available}")
+        raise UserError(f"checkpoint {ckpt_path} does not exist; checkpoints in {run_dir}: {available}"
+                        f"{set_aside_note(run_dir)}")
     try:
         model = build_model(opts["model"], opts["num_classes"], **opts["model_options"])
     except (ValueError, TypeError) as err:
