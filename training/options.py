@@ -38,7 +38,9 @@ PRESETS: Dict[str, Dict[str, object]] = {
     "release": {"h": 384, "w": 384, "head_input": "pooled", "kd_mode": "mse", "bigradual_n1": 0, "bigradual_n2": 21,
                 "lion_schedule_start": 31},
 }
-RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
+# Flags that say how this process starts, never taken from the run's saved ones.
+LAUNCH_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite")
+RUNTIME_FLAGS = LAUNCH_FLAGS + RESUME_OVERRIDES
 POSITIVE_FLAGS = ("batchsize", "epochs", "h", "w", "sample_num", "max_bad_steps")
 NON_NEGATIVE_FLAGS = ("num_workers", "save_every", "keep_last", "temperature_decay")
 
@@ -90,7 +92,7 @@ def merge_saved_opts(args: argparse.Namespace, given: set) -> argparse.Namespace
                         f"differ from it: {', '.join(conflicts)}; drop them, or start a new run with another --name")
     merged = vars(args).copy()
     for key, value in saved.items():
-        if key in merged and not (key in RUNTIME_FLAGS and key in given):
+        if key in merged and key not in LAUNCH_FLAGS and not (key in RUNTIME_FLAGS and key in given):
             merged[key] = value
     merged["resume"] = True
     merged = argparse.Namespace(**merged)
