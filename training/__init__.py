@@ -1,2 +1,2 @@
-"""The training engine that ``train.py`` drives: options and their resume merge, the trainer loop,
-run directories, checkpoints, logs and distributed helpers."""
+"""What ``train.py`` drives: options and their resume merge, the trainer loop, checkpoints, logs,
+per-epoch data loading and distributed helpers."""

@@ -14,7 +14,7 @@ __all__ = ["CheckpointMixin"]
 
 
 class CheckpointMixin:
-    """The checkpoint half of :class:`engine.trainer.Trainer`, which provides the attributes used
+    """The checkpoint half of :class:`training.trainer.Trainer`, which provides the attributes used
     here (model, optimizers, schedulers, scaler, args, ctx, run_dir, logger, history, ...)."""
 
     def state(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None) -> dict:

@@ -1,5 +1,5 @@
 """The training loop of one run: building it from the flags, stepping, and recording each epoch
-(checkpoints and resuming: ``engine.checkpointing``; the data of every epoch: ``engine.loading``).
+(checkpoints and resuming: ``training.checkpointing``; the data of every epoch: ``training.loading``).
 
 The student recipe (docs/method.md §3): bi-gradual unfreezing, bi-partitioned optimization,
 cross-entropy + cross-view triplet loss, and logit distillation from a frozen teacher.
