@@ -53,7 +53,7 @@ from models import bitpacked, build_model, list_models
 from models._helpers import load_model_state
 from models.binary import BinaryConv2d
 
-from .opts_values import check_network_entries
+from .checkpoints import check_network_entries
 
 FORMAT = "bicrossnet-packed"
 FORMAT_VERSION = 1
