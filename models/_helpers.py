@@ -33,16 +33,13 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict: Mapping[str, Any]) -
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    not_data = [f"{k} ({type(state_dict[k]).__name__}{' on the meta device' if torch.is_tensor(state_dict[k]) else ''})"
-                for k in expected if k in state_dict and not _holds_data(state_dict[k])]
     wrong_shape = [
         f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state_dict and _holds_data(state_dict[k]) and tuple(state_dict[k].shape) != tuple(v.shape)
+        if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     parts = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("entries that are not tensors with data", not_data), ("shape mismatches", wrong_shape)):
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
         if items:
             shown = ", ".join(items[:3]) + (f" … (+{len(items) - 3} more)" if len(items) > 3 else "")
             parts.append(f"{len(items)} {label} ({shown})")
@@ -53,6 +50,11 @@ def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, Any], sour
                      what: str = "checkpoint") -> None:
     """Strictly load ``state_dict``; a mismatch says which model and file disagree, not a PyTorch dump."""
     mismatch = state_dict_mismatch(model, state_dict)
+    not_data = [f"{k} ({type(v).__name__}{' on the meta device' if torch.is_tensor(v) else ''})"
+                for k, v in state_dict.items() if not _holds_data(v)]
+    if not_data:
+        mismatch = "; ".join(filter(None, [mismatch, f"{len(not_data)} entries that are not tensors with data "
+                                                     f"({', '.join(not_data[:3])})"]))
     if mismatch:
         raise UserError(f"{what} {source} does not match model {model_name!r}: {mismatch}")
     model.load_state_dict(state_dict, strict=True)
