@@ -2,11 +2,8 @@
 problem is one line that leaves existing files byte-identical."""
 import io
 import contextlib
-import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import scipy.io
@@ -14,8 +11,7 @@ import torch
 import yaml
 
 from evaluation import driver, matfile
-from evaluation.records import latest_record, load_results, record_result
-from helpers import REPO
+from evaluation.records import latest_record, load_results
 from helpers.evaluation_cli import CLI, assert_test_cli_error, run_cli, write_run
 from helpers.files import snapshot
 
@@ -28,38 +24,6 @@ def run(tmp_path_factory):
 
 def fresh_copy(run, tmp_path):
     return shutil.copytree(run, tmp_path / run.name, symlinks=True)
-
-
-def _record_many(path, prefix, count):
-    for i in range(count):
-        record_result(path, {"dataset": prefix, "direction": str(i), "checkpoint": "last.pth", "h": 1, "w": 1,
-                             "flip": True, "engine": "float", "device": "cpu", "precision": "fp32"})
-
-
-def test_concurrent_records_all_survive(tmp_path):
-    path = tmp_path / "results.json"
-    workers = [multiprocessing.get_context("fork").Process(target=_record_many, args=(path, name, 25))
-               for name in ("a", "b", "c")]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    assert [w.exitcode for w in workers] == [0, 0, 0]
-    assert {(r["dataset"], r["direction"]) for r in load_results(path).values()} == \
-        {(p, str(i)) for p in "abc" for i in range(25)}
-
-
-@pytest.mark.slow
-def test_two_test_py_processes_on_one_run_keep_both_directions(run, tmp_path, university_root):
-    copy = fresh_copy(run, tmp_path)
-    common = [sys.executable, "test.py", "--name", copy.name, "--checkpoint_dir", str(tmp_path), "--test_dir",
-              str(university_root / "test"), "--device", "cpu", "--num_workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(common + ["--mode", mode], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for mode in ("1", "2")]
-    assert [p.wait(300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
-    assert {latest_record(load_results(copy / "results.json"), "university", d)["direction"]
-            for d in ("Satellite->Drone", "Drone->Satellite")} == {"Satellite->Drone", "Drone->Satellite"}
 
 
 def test_results_file_that_is_a_folder(capsys, run, tmp_path, university_root):
