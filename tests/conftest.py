@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny synthetic University-1652 and SUES-200 datasets, generated once per session."""
+"""Shared fixtures: tiny synthetic University-1652 and SUES-200 datasets, generated once per session,
+and each instruction-set path of the bit-packed engine in turn."""
 import pytest
 
 from datasets.synthetic import generate_sues, generate_university
+from helpers.engine import ISAS
+from models import bitpacked
 
 TINY_UNIVERSITY = dict(train_places=6, test_places=5, distractor_places=2, drones_per_place=3,
                        image_size=64, seed=0)
@@ -34,3 +37,13 @@ def sues_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sues")
     generate_sues(root, **TINY_SUES)
     return root
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Each instruction-set path in turn (skipped where the CPU lacks it); the best one afterwards."""
+    if request.param not in bitpacked.supported_isas():
+        pytest.skip(f"this CPU cannot run {request.param}")
+    bitpacked.set_isa(request.param)
+    yield request.param
+    bitpacked.set_isa()

@@ -14,35 +14,23 @@ import torch.nn.functional as F
 
 from models import bitpacked, build_model
 from models.bitpacked import build, engines, network
-from models.bitpacked.build import ISA_VARIABLE, load_ops
+from models.bitpacked.build import ISA_VARIABLE
 from models.binary import binary_convs
 from models.bnext import BNext
 from runs.packed import export_packed, load_packed
 from utils.errors import UserError
 
+from helpers.engine import STUDENT, needs_engine, ops, randomize
+
 ROOT = Path(__file__).resolve().parents[1]
-STUDENT = "bicrossnet_bnext_tiny"
 NUM_CLASSES = 7
 SIZE = 64
 META = {"h": SIZE, "w": SIZE}
 
-ops = load_ops()
-needs_engine = pytest.mark.skipif(ops is None, reason="the bitpacked engine could not be built here")
-ISAS = ("avx512", "avx2", "neon", "portable")
 
 
 def signs(x):
     return torch.where(x >= 0, 1.0, -1.0)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Each instruction-set path in turn (skipped where the CPU lacks it); the best one afterwards."""
-    if request.param not in bitpacked.supported_isas():
-        pytest.skip(f"this CPU cannot run {request.param}")
-    bitpacked.set_isa(request.param)
-    yield request.param
-    bitpacked.set_isa()
 
 
 def bnext_conv_shapes(size):
@@ -138,17 +126,6 @@ def test_avg_pool2_is_avg_pool2d_bit_for_bit():
     x = torch.randn(2, 8, 10, 6) * 100
     assert torch.equal(network.avg_pool2(x), torch.nn.AvgPool2d(2)(x))
     assert torch.equal(network.avg_pool2(x[:, :, :9]), torch.nn.AvgPool2d(2)(x[:, :, :9]))
-
-
-def randomize(model, seed=0):
-    """Random BN statistics, affine terms, PReLU slopes, biases and binary weights."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and not name.endswith(("temperature", "tau")):
-                tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5 if name.endswith("running_var")
-                             else torch.randn(tensor.shape, generator=g) * 0.2)
-    return model.eval()
 
 
 def features(model, seed=1):

@@ -19,7 +19,7 @@ from models.bitpacked import engines
 from models.bitpacked.fused import FusedUnit
 from models.bitpacked.network import PackedUnit
 from models.bnext import BNEXT_CHANNELS, BNext
-from tests.test_bitpacked import STUDENT, isa, needs_engine, ops, randomize  # noqa: F401 (isa is a fixture)
+from helpers.engine import STUDENT, needs_engine, ops, randomize
 
 # A unit's output may differ from the exact engine's by this much, relative to its largest value:
 # both see the same packed bits, so only the tail's rounding differs (sums, folded BN2, FMAs).
