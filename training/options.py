@@ -175,7 +175,7 @@ def start_warnings(args: argparse.Namespace) -> List[str]:
         return []
     what = "ConvNeXt (ImageNet)" if recipe_of(args.model) == "teacher" else "BNext (ImageNet)"
     return [f"{args.model} starts from RANDOM backbone weights (no --backbone_weights): results will be far from "
-            f"the paper's; pass the {what} checkpoint with --backbone_weights (README: Reproducing the paper)"]
+            f"the paper's; pass the {what} checkpoint with --backbone_weights (docs/reproduce.md)"]
 
 
 def default_weight_decay(optimizer: str) -> float:
