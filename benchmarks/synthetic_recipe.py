@@ -50,20 +50,20 @@ without flip TTA (``--flip`` doubles its time), and one torch thread per process
 
 Finished runs are kept under ``--out`` and reused, so an interrupted call goes on from its first
 unfinished run (which starts over) and a finished one only re-prints the tables; ``--out``
-remembers its settings and refuses other ones. Seeds are independent: on an idle machine two
-processes with the same ``--out`` and different ``--seeds`` (e.g. ``--seeds 1 2``, and ``--seeds 3``
-once the first has generated the data) run side by side, and a last call with all seeds prints the
-tables. ``--data_dir`` evaluates on an existing University-1652-layout dataset instead of
-generating one.
+remembers its settings and refuses other ones. Seeds are independent: ``--jobs N`` trains N seeds
+side by side (each seed's variants one after another, its teacher first), and so do several
+processes with the same ``--out`` and different ``--seeds`` once the first has generated the data; a
+last call with all seeds prints the tables. ``--data_dir`` evaluates on an existing
+University-1652-layout dataset instead of generating one.
 """
 import argparse
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.recipe_tables import (DIRECTIONS, TEACHERS, build_report, docs_page, markdown, table_columns,
@@ -114,6 +114,9 @@ def parse_args(argv=None):
     parser.add_argument("--num_workers", type=int, default=0,
                         help="data-loading processes of train.py and test.py (0: in the main process, which "
                              "keeps each run on one core; the trial timings were measured so)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained side by side, each running its variants one after another (an "
+                             "idle 2-core machine: 3 for 3 seeds, about 1.5 seeds' CPU time of wall time)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each train.py / test.py process (OMP_NUM_THREADS; 0: torch's "
                              "default). With other jobs on the 2-core machine, teacher training ran at 38 "
@@ -128,6 +131,8 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true",
                         help="tiny end-to-end check: " + ", ".join(f"{k} {v}" for k, v in SMOKE.items()))
     opts = parser.parse_args(argv)
+    if opts.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {opts.jobs}")
     if opts.smoke:
         for key, value in SMOKE.items():
             setattr(opts, key, value)
@@ -219,16 +224,13 @@ def run(cmd, threads: int) -> tuple:
     env = dict(os.environ, TQDM_DISABLE="1")  # no progress bars in a background log
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    start, cpu_start = time.perf_counter(), children_cpu_s()
-    code = subprocess.run([sys.executable, *cmd], cwd=REPO, stdout=subprocess.DEVNULL, env=env).returncode
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *cmd], cwd=REPO, stdout=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, even with --jobs
+    process.returncode = code = os.waitstatus_to_exitcode(status)
     if code:
         raise UserError(f"{cmd[0]} stopped with exit status {code} (its message is above)")
-    return time.perf_counter() - start, children_cpu_s() - cpu_start
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def train_and_test(name, flags, opts, data: Path, ckpt: Path, seed: int, columns: list) -> dict:
@@ -306,13 +308,18 @@ def run_ablation(opts, command: str) -> dict:
     data = prepare(opts, out)
     chosen = variants(opts)
     columns = table_columns(three_views=any("--views" in flags for _, flags, _ in chosen.values()))
-    per_seed = {name: [] for name in chosen}
     start = time.perf_counter()
-    for seed in opts.seeds:
-        ckpt = out / f"seed{seed}"
+
+    def one_seed(seed: int) -> dict:
+        ckpt, runs = out / f"seed{seed}", {}
         for name, (_, flags, teacher) in chosen.items():
             flags = flags + (["--teacher_path", str(ckpt / teacher)] if teacher else [])
-            per_seed[name].append(dict(seed=seed, **train_and_test(name, flags, opts, data, ckpt, seed, columns)))
+            runs[name] = dict(seed=seed, **train_and_test(name, flags, opts, data, ckpt, seed, columns))
+        return runs
+
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:  # threads only wait for their runs' processes
+        by_seed = list(pool.map(one_seed, opts.seeds))
+    per_seed = {name: [runs[name] for runs in by_seed] for name in chosen}
     timings = [run["timing"] for runs in per_seed.values() for run in runs]
     total = sum(t["train_s"] + t["test_s"] for t in timings)
     print(f"\n{len(timings)} runs; training and evaluating them took {total / 60:.1f} min (when they ran), "

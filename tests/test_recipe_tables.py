@@ -166,3 +166,35 @@ def test_runs_recorded_before_teacher_augment_existed_count_as_augmented(tmp_pat
     with pytest.raises(synthetic_recipe.UserError, match="holds runs made with other settings"):
         synthetic_recipe.prepare(synthetic_recipe.parse_args(["--data_dir", str(tmp_path), "--no-teacher_augment"]),
                                  out)
+
+
+def test_a_run_reports_its_own_cpu_time_and_a_failure_in_one_line():
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    wall, cpu = synthetic_recipe.run(["-c", busy], threads=1)
+    assert 0.3 <= cpu <= wall + 0.05
+    with pytest.raises(synthetic_recipe.UserError, match="-c stopped with exit status 3"):
+        synthetic_recipe.run(["-c", "raise SystemExit(3)"], threads=1)
+
+
+def test_seeds_run_side_by_side_land_in_their_variants_rows(tmp_path, monkeypatch):
+    """With --jobs 3 each seed's runs still go to its own row entries, teacher first, in seed order."""
+    calls = []
+
+    def fake_train_and_test(name, flags, opts, data, ckpt, seed, columns):
+        calls.append((seed, name, flags[-1] if "--teacher_path" in flags else None))
+        metrics = {short: {"recall@1": 10.0 * seed, "ap": float(len(calls))} for short in SHORTS}
+        return {"metrics": metrics, "timing": {"train_s": 1.0, "test_s": 1.0}}
+
+    monkeypatch.setattr(synthetic_recipe, "prepare", lambda opts, out: tmp_path)
+    monkeypatch.setattr(synthetic_recipe, "data_note", lambda data: "fake split")
+    monkeypatch.setattr(synthetic_recipe, "train_and_test", fake_train_and_test)
+    opts = synthetic_recipe.parse_args(["--variants", "full", "no_kd", "--jobs", "3", "--seeds", "3", "1", "2",
+                                        "--out", str(tmp_path)])
+    report = synthetic_recipe.run_ablation(opts, "cmd")
+    for name in ("teacher", "full", "no_kd"):
+        assert [run["seed"] for run in report["runs"][name]] == [3, 1, 2]
+        assert [run["metrics"]["D→S"]["recall@1"] for run in report["runs"][name]] == [30.0, 10.0, 20.0]
+    for seed in (1, 2, 3):
+        mine = [call for call in calls if call[0] == seed]
+        assert mine == [(seed, "teacher", None), (seed, "full", str(tmp_path.resolve() / f"seed{seed}" / "teacher")),
+                        (seed, "no_kd", None)]
