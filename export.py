@@ -18,6 +18,7 @@ import torch
 
 from models import bitpacked
 from runs.checkpoints import load_checkpoint, load_opts, load_run, load_trained_model, resolve_run
+from runs.layout import run_folder
 from runs.packed import ENGINES, binary_weight_bytes, export_packed, load_packed, serialized_bytes
 from utils.cli import HelpFormatter, add_checkpoint_dir
 from utils.errors import UserError, exit_on_user_error
@@ -143,7 +144,7 @@ def refuse_to_replace(out: Path) -> None:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = parse_args(argv)
-    run_dir, checkpoint_path = resolve_run(Path(args.checkpoint_dir) / args.name, args.which_epoch)
+    run_dir, checkpoint_path = resolve_run(run_folder(args.checkpoint_dir, args.name), args.which_epoch)
     model, opts, checkpoint = load_trained_model(run_dir, args.which_epoch)
     missing = [key for key in ("h", "w") if key not in opts]
     if missing:
