@@ -19,13 +19,12 @@ generated dataset:
 - ``three_views`` (only when asked for, with ``--variants``): the full recipe with ``--views 3``
   (street images added to every step), distilled from a teacher trained with three views
   (``teacher_3views``, added with it). Its runs are evaluated in every direction, street ones
-  included, and so are all the others of that call (``--mode all``).
-
+  included, and so are all the others of that call (``--mode all``);
 - ``kd_mse`` and ``kd_t<T>`` for each ``--kd_temperatures`` value (only when asked for): the full
   recipe with the released MSE distillation (``--kd_mode mse``), or with KL distillation at
   temperature T instead of train.py's default 4. The full recipe is itself KL at T = 4, so it is
   the KL row of that comparison. ``--variants distillation`` asks for the teacher, ``full``,
-  ``no_kd``, ``kd_mse`` and every ``kd_t<T>``.
+  ``no_kd``, ``kd_mse`` and every ``kd_t<T>`` (docs/ablation.md gives that ablation's command).
 
 The table gives mean ± standard deviation over the seeds (sample standard deviation, n - 1) of
 R@1 and AP in both directions; a second table gives each variant's difference from the full recipe
