@@ -109,14 +109,15 @@ def images_per_second(model, batch: int, h: int, w: int, repeats: int = 3) -> fl
 
 
 def speed_table(path: Path, batch: int, h: int, w: int, teacher_run: Optional[Path] = None) -> str:
-    """Images per second of the packed file on every engine this machine runs (the bitpacked one
-    only for BNext students where its C++ ops build), and of the teacher's float network."""
+    """Images per second of the packed file on every engine this machine runs (the bit-packed ones,
+    exact and fused, only for BNext students where their C++ ops build), and of the teacher's float
+    network."""
     engines = [e for e in ENGINES if e == "float" or bitpacked.available()]
     rows = []
     for engine in engines:
         try:
             model, _ = load_packed(path, engine=engine)
-        except UserError:  # not a BNext student: the bitpacked engine does not apply
+        except UserError:  # not a BNext student: the bit-packed engines do not apply
             continue
         rows.append((f"packed student, {engine} engine", images_per_second(model, batch, h, w)))
     if teacher_run is not None:

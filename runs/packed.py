@@ -57,8 +57,8 @@ from .checkpoints import check_network_entries
 
 FORMAT = "bicrossnet-packed"
 FORMAT_VERSION = 1
-# Inference engines of load_packed: the training network, or the bit-packed CPU engine.
-ENGINES = ("float", "bitpacked")
+# Inference engines of load_packed: the training network, or the bit-packed CPU engines (exact, fused).
+ENGINES = ("float", *bitpacked.ENGINE_NAMES)
 # Options that make a builder read weights from elsewhere; a packed file carries its own weights.
 WEIGHT_SOURCE_OPTIONS = ("backbone_weights", "pretrained")
 
@@ -239,16 +239,17 @@ def load_packed(path: PathLike, map_location="cpu", engine: str = "float") -> Tu
 
     ``engine="float"``: the training network, whose features equal those of the exported network
     exactly. ``engine="bitpacked"``: an inference-only CPU network whose binary convolutions run
-    on packed bits (:mod:`models.bitpacked`), with the same features bit for bit; where its C++
-    ops cannot be built it warns once and returns the float network. A file that is
+    on packed bits (:mod:`models.bitpacked`), with the same features bit for bit; ``engine="fused"``:
+    the same with a fused full-precision tail, faster, features close but not equal. Where their
+    C++ ops cannot be built they warn once and return the float network. A file that is
     missing, truncated, foreign, of another format version, or whose weights do not fit the
     model it names is a :class:`UserError`, and so is a file that is not a BNext student with
-    ``engine="bitpacked"``.
+    ``engine="bitpacked"`` or ``"fused"``.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "bitpacked" and torch.device(map_location).type != "cpu":
-        raise ValueError(f"the bitpacked engine runs on the CPU, not on {map_location}")
+    if engine != "float" and torch.device(map_location).type != "cpu":
+        raise ValueError(f"the {engine} engine runs on the CPU, not on {map_location}")
     path = Path(path)
     package = _read_package(path)
     meta = package["meta"]
@@ -277,9 +278,9 @@ def load_packed(path: PathLike, map_location="cpu", engine: str = "float") -> Tu
         wrong = [name for name, m in convs.items() if not torch.equal(m.binary_weight(), signs[name])]
     if wrong:
         raise UserError(f"{path} is corrupted: the restored forward weights of {wrong[0]} differ from its packed bits")
-    if engine == "bitpacked":
+    if engine != "float":
         try:
-            return bitpacked.convert(model), meta
+            return bitpacked.convert(model, engine=engine), meta
         except ValueError as err:
             raise UserError(f"{path} holds {meta['model']!r}: {err}") from None
     return model.to(map_location), meta

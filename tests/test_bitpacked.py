@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models import bitpacked, build_model
-from models.bitpacked import build, network
+from models.bitpacked import build, engines, network
 from models.bitpacked.build import ISA_VARIABLE, load_ops
 from models.binary import binary_convs
 from models.bnext import BNext
@@ -252,7 +252,7 @@ def test_missing_compiler_gives_one_warning_line(tmp_path):
 
 @pytest.mark.slow
 def test_without_the_engine_load_packed_gives_the_float_network(student, monkeypatch):
-    monkeypatch.setattr(network, "load_ops", lambda: None)
+    monkeypatch.setattr(engines, "load_ops", lambda: None)
     model, meta = load_packed(student[0], engine="bitpacked")
     assert isinstance(model.backbone, BNext) and meta["model"] == STUDENT
     assert torch.equal(features(model), student[1])

@@ -225,12 +225,14 @@ def test_export_cli_writes_verifies_and_reports_sizes(exported):
     assert "| teacher mccg_convnext_atto: float weights (state dict only) |" in out
     speed = out.split("speed on this CPU", 1)[1].splitlines()
     rows = {line.split("|")[1].strip(): line for line in speed if line.startswith("| ") and "network" not in line}
-    engines = ("float", "bitpacked") if bitpacked.available() else ("float",)
+    engines = ("float", *bitpacked.ENGINE_NAMES) if bitpacked.available() else ("float",)
     assert set(rows) == {f"packed student, {e} engine" for e in engines} | {"teacher teacher"}
     assert rows["teacher teacher"].endswith("| 1.00x |")  # the ratios are against the teacher
     for line in rows.values():
         rate, ratio = float(line.split("|")[2]), float(line.split("|")[3].strip().rstrip("x"))
-        assert rate > 0 and ratio == pytest.approx(rate / float(rows["teacher teacher"].split("|")[2]), abs=0.02)
+        # Rates print to 2 decimals: a large ratio recomputed from them agrees in relative terms only.
+        teacher_rate = float(rows["teacher teacher"].split("|")[2])
+        assert rate > 0 and ratio == pytest.approx(rate / teacher_rate, rel=0.01, abs=0.02)
 
 
 def test_export_cli_errors_are_one_line(tmp_path, capsys):
