@@ -1,6 +1,6 @@
 """Export a trained run as a packed model file: binary conv weights at 1 bit each.
 
-The file is rebuilt with :func:`models.packing.load_packed` (``test.py --packed FILE``). After
+The file is rebuilt with :func:`runs.packed.load_packed` (``test.py --packed FILE``). After
 writing it, the export reloads it, compares eval features with the float checkpoint's on a
 random batch at the run's input size, and prints what the packing saved and how fast the packed
 file runs on this CPU with each engine (``--speed_batch``; ``benchmarks/feature_throughput.py`` is
@@ -16,18 +16,19 @@ from typing import Optional
 
 import torch
 
-from models import bitpacked, load_run
-from models.packing import ENGINES, binary_weight_bytes, export_packed, load_packed, serialized_bytes
-from models.run import load_checkpoint, load_opts, load_trained_model, resolve_run
+from models import bitpacked
+from runs.checkpoints import load_checkpoint, load_opts, load_run, load_trained_model, resolve_run
+from runs.packed import ENGINES, binary_weight_bytes, export_packed, load_packed, serialized_bytes
+from utils.cli import HelpFormatter, add_checkpoint_dir
 from utils.errors import UserError, exit_on_user_error
 
 EXTRA_META = ("h", "w", "dataset", "altitude")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--name", required=True, help="run name: the run directory is <checkpoint_dir>/<name>")
-    parser.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
+    add_checkpoint_dir(parser)
     parser.add_argument("--which_epoch", default="last", help="'last' (last.pth) or an epoch number N (net_N.pth)")
     parser.add_argument("--out", default=None,
                         help="packed file to write (default <run_dir>/<checkpoint>_packed.pt, e.g. last_packed.pt)")

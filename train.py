@@ -24,28 +24,28 @@ from typing import Dict, Tuple
 
 from datasets import BAD_IMAGE_MODES, DATASETS, SUES_ALTITUDES
 from datasets.pairs import VIEWS
-from engine.distributed import barrier, init_distributed, shutdown
-from engine.options import (PRESETS, PROGRESS_CHOICES, RECIPE_DEFAULTS, RESUME_OVERRIDES, apply_recipe_defaults, given_flags,
-                            merge_saved_opts, recipe_of, run_options, start_warnings, validate)
-from engine.original_flags import check_original_flags, dataset_name, optimizer_name
-from engine.run_dir import RunClaim, save_opts
-from engine.stop_signals import stop_on_signals
-from engine.trainer import Trainer
-from engine.training_log import attach_log_file, setup_logger
+from training.distributed import barrier, init_distributed, shutdown
+from training.options import (PRESETS, PROGRESS_CHOICES, RECIPE_DEFAULTS, RESUME_OVERRIDES, apply_recipe_defaults, given_flags,
+                              merge_saved_opts, recipe_of, run_options, start_warnings, validate)
+from training.original_flags import check_original_flags, dataset_name, optimizer_name
+from runs.claim import RunClaim, save_opts
+from training.stop_signals import stop_on_signals
+from training.trainer import Trainer
+from training.training_log import attach_log_file, setup_logger
 from losses import KD_MODES
 from models import list_models
 from models.bnext import BINARIZERS
 from models.mccg import BLOCKS, CLASSBLOCK_BN_INITS, HEAD_INPUTS
 from optim.factory import OPTIMIZER_CHOICES
 from optim.unfreeze import FROZEN_BN_CHOICES
-from utils.device import DEVICE_CHOICES, resolve_device
+from utils.cli import HelpFormatter, add_checkpoint_dir, add_device_flags
+from utils.device import resolve_device
 from utils.errors import exit_on_user_error
 from utils.files import remove_temporaries
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default in its help (with the teacher recipe's, where it differs), and the
-    module docstring's examples as written."""
+class TrainingHelpFormatter(HelpFormatter):
+    """The shared help layout, with the teacher recipe's default beside a flag's where it differs."""
 
     def _get_help_string(self, action):
         teacher = RECIPE_DEFAULTS["teacher"]
@@ -59,7 +59,7 @@ def _value_text(value) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=TrainingHelpFormatter)
     _add_run_flags(parser.add_argument_group("run"))
     _add_data_flags(parser.add_argument_group("data"))
     _add_model_flags(parser.add_argument_group("model"))
@@ -71,18 +71,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _add_run_flags(run) -> None:
     """Where the run lives, how it runs, and when it saves or gives up."""
     run.add_argument("--name", default="bicrossnet", help="run name; files go to <checkpoint_dir>/<name>/")
-    run.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
+    add_checkpoint_dir(run)
     run.add_argument("--resume", action="store_true",
                      help="continue the run <name> from its last.pth with the run's own settings; only "
                           + ", ".join(f"--{flag}" for flag in RESUME_OVERRIDES) + " may change")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory <name>")
     run.add_argument("--seed", type=int, default=1, help="random seed (CPU runs are bit-reproducible)")
-    run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
+    add_device_flags(run)
     run.add_argument("--amp", "--fp16", "--autocast", dest="amp", action="store_true",
                      help="mixed precision (float16 autocast + GradScaler) on CUDA; --fp16 and --autocast are the "
                           "original scripts' names for it")
-    run.add_argument("--tf32", action="store_true",
-                     help="let CUDA float32 convolutions and matrix products use TF32 instead of IEEE float32")
     run.add_argument("--save_every", type=int, default=0,
                      help="also keep net_<epoch>.pth every N epochs (0: only the final epoch); last.pth is always kept")
     run.add_argument("--keep_last", type=int, default=0,

@@ -4,8 +4,8 @@ A BNext-T student and a ConvNeXt-T teacher (701 classes, University-1652) are bu
 training needed: sizes depend only on the architecture) and written to a temporary directory
 twice: as a run directory the way train.py leaves it (``opts.yaml`` + ``last.pth`` holding the
 float state dict only, without optimizer state) and as a packed file (``export_packed``).
-Loading is timed end to end: the float run with ``models.run.load_trained_model`` and the packed
-file with ``models.packing.load_packed`` (which also unpacks the bits and checks every binary
+Loading is timed end to end: the float run with ``runs.checkpoints.load_trained_model`` and the packed
+file with ``runs.packed.load_packed`` (which also unpacks the bits and checks every binary
 layer's forward weights). The teacher has no binary layers, so packing cannot shrink it.
 
 Run from the repository root: ``python -m benchmarks.model_size [--repeats 3]``.
@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from models import build_model
-from engine.run_dir import save_opts
-from models.packing import binary_weight_bytes, export_packed, load_packed
-from models.run import LAST_CHECKPOINT, load_trained_model
+from runs.claim import save_opts
+from runs.packed import binary_weight_bytes, export_packed, load_packed
+from runs.checkpoints import load_trained_model
+from runs.layout import LAST_CHECKPOINT
 from utils.files import save_checkpoint
 
 NUM_CLASSES = 701

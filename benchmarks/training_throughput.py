@@ -19,9 +19,9 @@ import torch
 
 import train
 from datasets.synthetic import generate_university
-from engine.distributed import DistributedContext
-from engine.state import EpochStats
-from engine.trainer import Trainer
+from training.distributed import DistributedContext
+from training.state import EpochStats
+from training.trainer import Trainer
 from utils.device import DEVICE_CHOICES, device_label, resolve_device
 
 

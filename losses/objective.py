@@ -33,12 +33,7 @@ class BiCrossNetLoss(nn.Module):
 
     def __init__(self, triplet_margin=0.3, kd_weight=0.0, kd_temperature=4.0, kd_mode="kl"):
         super().__init__()
-        if kd_mode not in KD_MODES:
-            raise ValueError(f"kd_mode must be one of {', '.join(KD_MODES)}, got {kd_mode!r}")
-        if kd_weight < 0:
-            raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
-        if kd_mode == "kl" and kd_temperature <= 0:
-            raise ValueError(f"kd_temperature must be > 0 for kd_mode 'kl', got {kd_temperature}")
+        self.check_distillation(kd_weight, kd_temperature, kd_mode)
         self.triplet_margin = triplet_margin
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
@@ -56,6 +51,17 @@ class BiCrossNetLoss(nn.Module):
             cross_view_triplet_loss(a, b, labels, labels, self.triplet_margin)
             for first, second in itertools.combinations(features, 2) for a, b in zip(first, second)
         ]).mean()
+
+    @staticmethod
+    def check_distillation(kd_weight, kd_temperature, kd_mode):
+        """Raise ``ValueError`` for distillation settings the loss cannot take (the message names the
+        parameter, which is also the training flag's name): the rule, for callers validating early."""
+        if kd_mode not in KD_MODES:
+            raise ValueError(f"kd_mode must be one of {', '.join(KD_MODES)}, got {kd_mode!r}")
+        if kd_weight < 0:
+            raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
+        if kd_mode == "kl" and kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0 for kd_mode kl, got {kd_temperature}")
 
     def forward(self, student_views, labels, teacher_views=None):
         """Return ``(total, terms)``; ``terms`` holds detached 'ce', 'triplet', 'kd', 'total'."""

@@ -6,8 +6,6 @@ retrieval networks (``bicrossnet_bnext_*`` students, ``mccg_convnext_*`` teacher
 """
 from . import bicrossnet, teacher  # noqa: F401  (their @register_model builders fill the registry)
 from ._registry import build_model, list_models, model_option_names, register_model
-from .packing import load_packed
-from .run import load_run
 from .multi_view import MultiViewNet
 
-__all__ = ["MultiViewNet", "build_model", "list_models", "load_packed", "load_run", "model_option_names", "register_model"]
+__all__ = ["MultiViewNet", "build_model", "list_models", "model_option_names", "register_model"]

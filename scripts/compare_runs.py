@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.records import RESULTS_FILE, latest_record, load_results  # noqa: E402
 from models import build_model  # noqa: E402
 from models.complexity import human, measure  # noqa: E402
-from models.run import load_opts  # noqa: E402
+from runs.checkpoints import load_opts  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 DIRECTIONS = (("Drone->Satellite", "D→S"), ("Satellite->Drone", "S→D"))

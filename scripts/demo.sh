@@ -18,7 +18,7 @@ TEACHER_EPOCHS=${TEACHER_EPOCHS:-$((EPOCHS * 3))}
 # The teacher starts from scratch (the SGD recipe assumes ImageNet-initialized ConvNeXt weights), so
 # it gets Adam, three times the student's epochs, 12 draws per class in batches of 16, and no
 # AutoAugment or random erasing: it is cheap next to the student, and from scratch on 40 places it
-# only became the stronger network with that much more data per epoch (README "What make demo shows").
+# only became the stronger network with that much more data per epoch (docs/experiments.md, "The teacher's settings").
 common() { echo "--h 64 --w 64 --epochs $1 --steps $(($1 * 3 / 4)) --sample_num $2 --lr 0.001 --num_workers $WORKERS"; }
 SHORT=$(common "$EPOCHS" 4)
 

@@ -5,7 +5,7 @@
 # overwritten. Called by train_and_evaluate_*.sh, which set DATASET (university|sues) and, for
 # SUES-200, ALTITUDE.
 #
-# Starting weights (the paper's path; README "Reproducing the paper"):
+# Starting weights (the paper's path; docs/reproduce.md):
 #   BNEXT_WEIGHTS       the BNext authors' ImageNet checkpoint for the student's size (bnext_tiny.pth.tar …)
 #   TEACHER_CHECKPOINT  an already trained teacher: a run directory of this project, or an MCCG /
 #                       released BiCrossNet teacher file (e.g. university_tiny.pth); skips teacher training
@@ -72,7 +72,7 @@ STUDENT_WEIGHTS=() TEACHER_INIT=()
 if [ "${FROM_SCRATCH:-0}" != 1 ]; then
   size=${STUDENT_MODEL#bicrossnet_bnext_}
   [ -n "${BNEXT_WEIGHTS:-}" ] || fail "BNEXT_WEIGHTS is not set: point it at bnext_${size}.pth.tar, the BNext" \
-    "authors' ImageNet checkpoint (github.com/hpi-xnor/BNext, README: pretrained models), or set FROM_SCRATCH=1"
+    "authors' ImageNet checkpoint (github.com/hpi-xnor/BNext, docs/training.md: Pretrained weights), or set FROM_SCRATCH=1"
   [ -f "$BNEXT_WEIGHTS" ] || fail "BNEXT_WEIGHTS=$BNEXT_WEIGHTS does not exist (expected bnext_${size}.pth.tar)"
   STUDENT_WEIGHTS=(--backbone_weights "$BNEXT_WEIGHTS")
   if [ -z "${TEACHER_CHECKPOINT:-}" ] && [ "$TEACHER_DONE" = 0 ]; then

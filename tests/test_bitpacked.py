@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
 from models import bitpacked, build_model
 from models.bitpacked import build, network
 from models.bitpacked.build import ISA_VARIABLE, load_ops
 from models.binary import binary_convs
 from models.bnext import BNext
-from models.packing import export_packed, load_packed
+from runs.packed import export_packed, load_packed
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +28,7 @@ META = {"h": SIZE, "w": SIZE}
 
 ops = load_ops()
 needs_engine = pytest.mark.skipif(ops is None, reason="the bitpacked engine could not be built here")
-ISAS = ("avx512", "avx2", "portable")
+ISAS = ("avx512", "avx2", "neon", "portable")
 
 
 def signs(x):
@@ -163,7 +162,7 @@ def student(tmp_path_factory):
     model = randomize(build_model(STUDENT, NUM_CLASSES))
     path = tmp_path_factory.mktemp("packed") / "student.pt"
     export_packed(model, STUDENT, {}, NUM_CLASSES, META, path)
-    fast = models.load_packed(path, engine="bitpacked")[0] if ops is not None else None
+    fast = load_packed(path, engine="bitpacked")[0] if ops is not None else None
     return path, features(model), fast
 
 
@@ -215,7 +214,7 @@ def test_engine_refusals(tmp_path, student, monkeypatch):
     with pytest.raises(ValueError, match="runs BNext students"):
         bitpacked.convert(build_model("mccg_convnext_atto", NUM_CLASSES))
     with pytest.raises(ValueError, match="not available here"):
-        bitpacked.set_isa("neon")
+        bitpacked.set_isa("sse9")
     monkeypatch.setenv(ISA_VARIABLE, "sse9")
     with pytest.raises(UserError, match=f"{ISA_VARIABLE}=sse9"):
         build._apply_isa_variable(ops)

@@ -20,11 +20,10 @@ import torch.nn.functional as F
 import yaml
 
 import train
-from engine.trainer import load_teacher
-from models import load_run
-from models.convert import main as convert_main
-from models.original_formats import BICROSSNET_RELEASE, MCCG, convert_state, detect_format
-from models.run import load_trained_model
+from training.trainer import load_teacher
+from runs.convert import main as convert_main
+from runs.original_formats import BICROSSNET_RELEASE, MCCG, convert_state, detect_format
+from runs.checkpoints import load_run, load_trained_model
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

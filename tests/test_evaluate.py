@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from datasets.synthetic import generate_sues
 from datasets.retrieval import build_test_sets
 from models import build_model
-from models.packing import ENGINES, export_packed
+from runs.packed import ENGINES, export_packed
 from utils.files import save_checkpoint
 from evaluation.features import extract_features, fuse_branches
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
-from engine.run_dir import save_opts
-from models.run import load_trained_model
+from runs.claim import save_opts
+from runs.checkpoints import load_trained_model
 from evaluation.records import latest_record
 from evaluation.visualize import FRAME, GAP, MATCH, MISTAKE, grid_size, save_retrieval_grid, top_gallery
 

@@ -14,7 +14,7 @@ import scipy.io
 import torch
 import yaml
 
-from evaluation import matfile
+from evaluation import driver, matfile
 from evaluation.records import latest_record, load_results, record_result
 from test_evaluate import CLI, ROOT, assert_one_line_error, run_cli, write_run
 
@@ -100,7 +100,7 @@ def test_opts_without_an_input_size(capsys, run, tmp_path, university_root):
 def test_ctrl_c_keeps_finished_directions_and_prints_one_line(capsys, run, tmp_path, university_root,
                                                              monkeypatch):
     copy = fresh_copy(run, tmp_path)
-    evaluate_direction, calls = CLI.evaluate_direction, []
+    evaluate_direction, calls = driver.evaluate_direction, []
 
     def interrupted_second_time(*args):
         calls.append(1)
@@ -108,7 +108,7 @@ def test_ctrl_c_keeps_finished_directions_and_prints_one_line(capsys, run, tmp_p
             raise KeyboardInterrupt
         return evaluate_direction(*args)
 
-    monkeypatch.setattr(CLI, "evaluate_direction", interrupted_second_time)
+    monkeypatch.setattr(driver, "evaluate_direction", interrupted_second_time)
     with contextlib.redirect_stdout(io.StringIO()):
         code = CLI.main(["--name", copy.name, "--checkpoint_dir", str(tmp_path), "--test_dir",
                          str(university_root / "test"), "--device", "cpu", "--num_workers", "0"])

@@ -203,7 +203,7 @@ def test_three_view_objective_adds_the_third_view_to_every_term():
 @pytest.mark.parametrize("kwargs, message", [
     ({"kd_mode": "l2"}, "kd_mode must be one of kl, mse, got 'l2'"),
     ({"kd_weight": -1.0}, "kd_weight must be >= 0, got -1.0"),
-    ({"kd_temperature": 0.0}, "kd_temperature must be > 0 for kd_mode 'kl', got 0.0"),
+    ({"kd_temperature": 0.0}, "kd_temperature must be > 0 for kd_mode kl, got 0.0"),
 ])
 def test_objective_rejects_bad_options_naming_the_parameter(kwargs, message):
     assert KD_MODES == ("kl", "mse")

@@ -9,7 +9,7 @@ import torch
 
 import test as evaluate
 import train
-from engine import trainer
+from training import trainer
 from optim.stepping import step_optimizers
 from utils.device import configure_precision
 

@@ -10,7 +10,8 @@ import yaml
 import models.bicrossnet
 import models.bnext
 import models.teacher
-from models import MultiViewNet, build_model, list_models, load_run, model_option_names, register_model
+from models import MultiViewNet, build_model, list_models, model_option_names, register_model
+from runs.checkpoints import load_run
 from models import _registry
 from models._helpers import check_input_size
 from models.binary import BinaryConv2d, count_exact_binary

@@ -14,7 +14,7 @@ from datasets.retrieval import build_test_sets
 from evaluation.features import check_scales, extract_features, fuse_branches, pool_queries, scaled_size
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop
 from evaluation.records import latest_record, record_key
-from models.run import load_trained_model
+from runs.checkpoints import load_trained_model
 from test_evaluate import SIZE, ToyBranchNet, assert_one_line_error, run_cli, write_run
 
 BASE = f"last.pth/{SIZE}x{SIZE}"

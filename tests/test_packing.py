@@ -13,9 +13,9 @@ from models.binary import HardBinaryConv, ReCUConv2d
 from models.bnext import BNEXT_CHANNELS
 from utils.files import save_checkpoint
 from utils.errors import UserError
-from models.packing import (FORMAT_VERSION, signs_restore_exactly, binary_weight_bytes, export_packed, load_packed,
+from runs.packed import (FORMAT_VERSION, signs_restore_exactly, binary_weight_bytes, export_packed, load_packed,
                            pack_signs, packed_bytes, serialized_bytes, unpack_signs)
-from engine.run_dir import save_opts
+from runs.claim import save_opts
 
 STUDENT = "bicrossnet_bnext_tiny"
 NUM_CLASSES = 7

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 import train
-from engine.options import PRESETS, start_warnings
-from engine.original_flags import REFUSED_FLAGS
+from training.options import PRESETS, start_warnings
+from training.original_flags import REFUSED_FLAGS
 from optim.unfreeze import hold_frozen_batchnorm
 from utils.errors import UserError
 

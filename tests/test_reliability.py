@@ -29,14 +29,14 @@ from PIL import Image
 
 import test as evaluate
 import train
-from engine import trainer as trainer_module
-from engine.trainer import Trainer
+from training import trainer as trainer_module
+from training.trainer import Trainer
 from losses.objective import BiCrossNetLoss
 from models import build_model
 from models._helpers import nonfinite_entries
-from models.run import load_checkpoint
+from runs.checkpoints import load_checkpoint
 from utils.files import save_checkpoint
-from engine.run_dir import save_opts
+from runs.claim import save_opts
 
 REPO = Path(__file__).resolve().parents[1]
 # One intra-op thread everywhere: bit-exact comparisons between this process and subprocesses

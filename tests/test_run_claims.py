@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import train
-from engine.run_dir import RunClaim
-from engine.trainer import Trainer
+from runs.claim import RunClaim
+from training.trainer import Trainer
 from utils.errors import UserError
 
 from test_reliability import assert_one_line_error, exit_code, snapshot, train_args

@@ -6,10 +6,11 @@ import pytest
 import torch
 import yaml
 
-from engine.run_dir import RunClaim, save_opts
-from engine.training_log import MetricsTable
+from runs.claim import RunClaim, save_opts
+from training.training_log import MetricsTable
 from models._helpers import load_model_state
-from models.run import checkpoint_name, load_checkpoint, load_opts, resolve_run
+from runs.checkpoints import load_checkpoint, load_opts, resolve_run
+from runs.layout import checkpoint_name
 from utils.errors import UserError
 from utils.files import atomic_write_bytes, save_checkpoint
 

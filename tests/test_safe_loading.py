@@ -1,6 +1,6 @@
 """Loading a file never runs code from it: a checkpoint holding a pickled call is refused with one
 line wherever a checkpoint is read, before anything in it executes; legitimate checkpoints of this
-and of earlier versions (after `python -m engine.upgrade`) load, and resume stays exact."""
+and of earlier versions (after `python -m runs.upgrade`) load, and resume stays exact."""
 import io
 import contextlib
 from pathlib import Path
@@ -10,9 +10,9 @@ import torch
 
 import export
 import train
-from engine import upgrade
-from engine.state import rng_state
-from models import convert
+from runs import upgrade
+from training.state import rng_state
+from runs import convert
 
 from test_evaluate import load_cli
 from test_train import base_args, losses, state
@@ -142,7 +142,7 @@ def test_earlier_checkpoint_is_refused_then_upgraded_and_resumes_exactly(capsys,
     make_legacy(legacy)
     with pytest.raises(SystemExit):
         train.main(base_args(university_root, tmp_path, "split", "--epochs", "2", "--resume"))
-    assert "python -m engine.upgrade" in capsys.readouterr().err
+    assert "python -m runs.upgrade" in capsys.readouterr().err
 
     assert upgrade.main([str(legacy)]) == 0
     assert "converted" in capsys.readouterr().out
@@ -157,7 +157,7 @@ def test_earlier_checkpoint_is_refused_then_upgraded_and_resumes_exactly(capsys,
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     import random
     import numpy as np
-    from engine.state import set_rng_state
+    from training.state import set_rng_state
     from utils.files import read_torch_file, save_checkpoint
     np.random.seed(11)
     np.random.normal()  # leaves a cached Gaussian in the state

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 import train
-from engine.state import rng_state, rng_state_from_legacy, seeded_rngs, set_rng_state
+from runs.upgrade import rng_state_from_legacy
+from training.state import rng_state, seeded_rngs, set_rng_state
 from models import build_model
 from optim.partition import partition_parameters
 from utils.files import save_checkpoint
@@ -197,7 +198,7 @@ def test_ddp_with_two_gloo_processes(university_root, tmp_path, views, port):
     (["--batchsize", "0"], "--batchsize must be a positive integer"),
     (["--lr", "0"], "--lr must be a finite number > 0"),
     (["--temperature_decay", "-0.5"], "--temperature_decay must be >= 0"),
-    (["--kd_temperature", "0"], "--kd_temperature must be > 0 for --kd_mode kl"),
+    (["--kd_temperature", "0"], "--kd_temperature must be > 0 for kd_mode kl"),
 ])
 def test_bad_flags_fail_with_one_line(university_root, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:

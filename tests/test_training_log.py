@@ -12,9 +12,9 @@ import yaml
 from torch.utils.data import dataloader
 
 import train
-from engine.trainer import Trainer
-from engine.training_log import duration, progress_enabled
-from models.run import load_checkpoint
+from training.trainer import Trainer
+from training.training_log import duration, progress_enabled
+from runs.checkpoints import load_checkpoint
 
 from test_train import base_args
 

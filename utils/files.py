@@ -129,7 +129,7 @@ def read_torch_file(path: PathLike, what: str = "file", map_location="cpu") -> o
             raise UserError(f"{what} {path} is unreadable ({first_line(err)})") from None
         raise ExecutableContentError(f"{what} {path} holds executable content (pickled Python objects beyond tensors, "
                         f"numbers, strings and containers) and is not loaded; a checkpoint of an earlier version "
-                        f"of this project that you trust converts once with `python -m engine.upgrade {path}`") from None
+                        f"of this project that you trust converts once with `python -m runs.upgrade {path}`") from None
     except Exception as err:  # torch raises several types for truncated or non-torch files
         raise UserError(f"{what} {path} is unreadable (truncated or not a PyTorch file): {first_line(err)}") from None
 

@@ -3,7 +3,7 @@
 ``convert(model)`` turns a BiCrossNet student (or a bare BNext) into an inference-only CPU network
 whose binary convolutions run on 1-bit activations and weights packed 64 channels to a word; its
 outputs equal the float network's bit for bit (docs/method.md §9, :mod:`.network`).
-``models.load_packed(path, engine="bitpacked")`` loads a packed file straight into it. The C++ ops
+``runs.packed.load_packed(path, engine="bitpacked")`` loads a packed file straight into it. The C++ ops
 build on first use (:mod:`.build`); without a compiler the engine warns once and the float network
 is used.
 """

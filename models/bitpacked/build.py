@@ -2,15 +2,18 @@
 
 ``torch.utils.cpp_extension.load`` builds them with the system compiler and ninja and caches the
 library in torch's extensions folder (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``),
-rebuilding only when a source changes. One library carries every instruction-set path: each
-``kernels_<isa>.cpp`` compiles under its own ``#pragma GCC target``, and the path is chosen at run
-time from the CPU's features, or forced with ``BICROSSNET_BITPACKED_ISA=avx512|avx2|portable``.
+rebuilding only when a source changes. One library carries every instruction-set path of the
+machine's architecture: a source named ``*_avx512.cpp`` or ``*_avx2.cpp`` compiles on x86-64 only
+(each under its own ``#pragma GCC target``), ``*_neon.cpp`` on AArch64 only, every other source
+everywhere (:func:`engine_sources`). The path is chosen at run time from the CPU's features, or forced
+with ``BICROSSNET_BITPACKED_ISA=avx512|avx2|neon|portable``.
 
 Where the build cannot run (no compiler, no ninja, a failed compile) :func:`load_ops` warns once,
 in one line, and returns None; callers then keep the float path.
 """
 import logging
 import os
+import platform
 import shutil
 import sysconfig
 import warnings
@@ -27,6 +30,9 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 # -fopenmp: at::parallel_for is inline OpenMP code, compiled into this library.
 CFLAGS = ["-O3", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
+# File-name endings of the sources that compile on one architecture only; other sources build everywhere.
+ARCH_SOURCES = {"x86_64": ("_avx512", "_avx2"), "aarch64": ("_neon",)}
+ARCH_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 # Longest build error shown in the fallback warning (the compiler's output follows its first line).
 MAX_REASON = 200
 
@@ -43,10 +49,18 @@ def _path_with_ninja() -> str:
     return path
 
 
+def engine_sources(machine: Optional[str] = None) -> List[Path]:
+    """The C++ sources that build on ``machine`` (a ``platform.machine()`` name, this one's by default):
+    the ISA-specific files of its architecture and every file that is not ISA-specific."""
+    arch = ARCH_NAMES.get((machine or platform.machine()).lower())
+    foreign = tuple(end for name, ends in ARCH_SOURCES.items() if name != arch for end in ends)
+    return sorted(p for p in CSRC.glob("*.cpp") if not p.stem.endswith(foreign))
+
+
 def _build() -> None:
     from torch.utils import cpp_extension
 
-    sources = sorted(str(p) for p in CSRC.glob("*.cpp"))
+    sources = [str(p) for p in engine_sources()]
     original = os.environ.get("PATH")
     os.environ["PATH"] = _path_with_ninja()
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import train
-from engine.trainer import Trainer
+from training.trainer import Trainer
 
 
 def kill_at_rename(kind: str, name: str, nth: int) -> None:

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace bitpacked {
 
@@ -67,8 +68,16 @@ struct Isa {
   PeakFn peak;
 };
 
-Isa isa_avx512();
-Isa isa_avx2();
+// Each ISA's kernels, defined only where its source compiles (build.py: file-name endings).
+#if defined(__x86_64__)
+Isa isa_avx512();  // kernels_avx512.cpp
+Isa isa_avx2();    // kernels_avx2.cpp
+#elif defined(__aarch64__)
+Isa isa_neon();    // kernels_neon.cpp
+#endif
 Isa isa_portable();
+
+// The paths this CPU runs, best first; portable is always last (isa.cpp).
+std::vector<Isa> cpu_isas();
 
 }  // namespace bitpacked

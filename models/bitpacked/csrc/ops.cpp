@@ -19,37 +19,21 @@
 namespace bitpacked {
 namespace {
 
-// Best first; portable is always there.
-std::vector<Isa> supported() {
-  __builtin_cpu_init();
-  std::vector<Isa> isas;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512vpopcntdq")) {
-    isas.push_back(isa_avx512());
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt")) {
-    isas.push_back(isa_avx2());
-  }
-  isas.push_back(isa_portable());
-  return isas;
-}
-
 Isa& active() {
-  static Isa isa = supported().front();
+  static Isa isa = cpu_isas().front();
   return isa;
 }
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> names;
-  for (const Isa& isa : supported()) names.emplace_back(isa.name);
+  for (const Isa& isa : cpu_isas()) names.emplace_back(isa.name);
   return names;
 }
 
 std::string active_isa() { return active().name; }
 
 void set_isa(std::string name) {
-  for (const Isa& isa : supported()) {
+  for (const Isa& isa : cpu_isas()) {
     if (name == isa.name) {
       active() = isa;
       return;

@@ -6,9 +6,11 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from losses import BiCrossNetLoss
 from models import list_models, model_option_names
-from models.run import OPTS_FILE, load_opts
 from optim.unfreeze import BiGradualUnfreezing
+from runs.checkpoints import load_opts
+from runs.layout import OPTS_FILE
 from utils.errors import UserError
 
 __all__ = ["PRESETS", "PROGRESS_CHOICES", "RECIPE_DEFAULTS", "RESUME_OVERRIDES", "RUNTIME_FLAGS", "apply_recipe_defaults",
@@ -38,7 +40,7 @@ PRESETS: Dict[str, Dict[str, object]] = {
 }
 RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
 POSITIVE_FLAGS = ("batchsize", "epochs", "h", "w", "sample_num", "max_bad_steps")
-NON_NEGATIVE_FLAGS = ("num_workers", "save_every", "keep_last", "kd_weight", "temperature_decay")
+NON_NEGATIVE_FLAGS = ("num_workers", "save_every", "keep_last", "temperature_decay")
 
 
 def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, argv) -> set:
@@ -124,8 +126,10 @@ def validate(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     _check_numbers(args)
     _check_teacher_is_another_run(args)
-    if args.kd_mode == "kl" and args.kd_temperature <= 0:
-        raise UserError(f"--kd_temperature must be > 0 for --kd_mode kl, got {args.kd_temperature}")
+    try:
+        BiCrossNetLoss.check_distillation(args.kd_weight, args.kd_temperature, args.kd_mode)
+    except ValueError as err:
+        raise UserError(f"--{err}") from None
     if args.batchsize < 2 and args.triplet_loss > 0:
         raise UserError("--batchsize must be at least 2 classes for the triplet loss (or pass --triplet_loss 0)")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -171,7 +175,7 @@ def start_warnings(args: argparse.Namespace) -> List[str]:
         return []
     what = "ConvNeXt (ImageNet)" if recipe_of(args.model) == "teacher" else "BNext (ImageNet)"
     return [f"{args.model} starts from RANDOM backbone weights (no --backbone_weights): results will be far from "
-            f"the paper's; pass the {what} checkpoint with --backbone_weights (README: Reproducing the paper)"]
+            f"the paper's; pass the {what} checkpoint with --backbone_weights (docs/reproduce.md)"]
 
 
 def default_weight_decay(optimizer: str) -> float:

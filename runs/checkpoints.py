@@ -7,16 +7,17 @@ lets ``test.py``, ``export.py`` and a distilling student rebuild exactly the tra
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
+import numpy as np
 import torch
 import yaml
 
+from models import build_model
+from models._helpers import load_model_state
 from utils.errors import UserError
 from utils.files import PathLike, read_torch_file
 
-from ._helpers import load_model_state
-from ._registry import build_model
 from .convert import is_original, load_original
-from .run_layout import LAST_CHECKPOINT, OPTS_FILE, checkpoint_name, saved_checkpoints
+from .layout import OPTS_FILE, checkpoint_name, saved_checkpoints
 
 def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
     """Load a checkpoint dict without running code from it (weights-only); a missing, truncated,
@@ -25,6 +26,14 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> dict:
     if not isinstance(obj, dict) or "model" not in obj:
         raise UserError(f"checkpoint {path} is not a BiCrossNet checkpoint (expected a dict with a 'model' entry)")
     return obj
+
+
+def numpy_rng_entry(state: tuple) -> dict:
+    """``np.random.get_state()``'s tuple in the checkpoint's weights-only types (uint32 keys fit
+    int64 exactly)."""
+    algorithm, keys, pos, has_gauss, cached_gaussian = state
+    return {"algorithm": str(algorithm), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
 
 
 def load_opts(run_dir: Union[str, Path]) -> dict:

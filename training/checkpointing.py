@@ -3,7 +3,8 @@ and putting a run back in the state its last checkpoint recorded."""
 from typing import Optional
 
 from models._helpers import load_model_state, nonfinite_entries
-from models.run import LAST_CHECKPOINT, checkpoint_name, load_checkpoint, saved_checkpoints
+from runs.checkpoints import load_checkpoint
+from runs.layout import LAST_CHECKPOINT, checkpoint_name, saved_checkpoints
 from utils.errors import UserError
 from utils.files import link_or_copy, save_checkpoint
 
@@ -13,7 +14,7 @@ __all__ = ["CheckpointMixin"]
 
 
 class CheckpointMixin:
-    """The checkpoint half of :class:`engine.trainer.Trainer`, which provides the attributes used
+    """The checkpoint half of :class:`training.trainer.Trainer`, which provides the attributes used
     here (model, optimizers, schedulers, scaler, args, ctx, run_dir, logger, history, ...)."""
 
     def state(self, epoch: int, batches_done: int = 0, stats: Optional[EpochStats] = None) -> dict:

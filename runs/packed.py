@@ -40,10 +40,9 @@ import torch.nn as nn
 from utils.errors import UserError
 from utils.files import read_torch_file, save_checkpoint
 
-from . import bitpacked
-from ._helpers import load_model_state
-from ._registry import build_model, list_models
-from .binary import BinaryConv2d
+from models import bitpacked, build_model, list_models
+from models._helpers import load_model_state
+from models.binary import BinaryConv2d
 
 FORMAT = "bicrossnet-packed"
 FORMAT_VERSION = 1

@@ -12,7 +12,9 @@ from typing import Dict, Iterator
 import numpy as np
 import torch
 
-__all__ = ["EpochStats", "item_seed", "rng_state", "rng_state_from_legacy", "seed_epoch", "seeded_rngs",
+from runs.checkpoints import numpy_rng_entry
+
+__all__ = ["EpochStats", "item_seed", "rng_state", "seed_epoch", "seeded_rngs",
            "set_rng_state", "shuffle_generator"]
 
 
@@ -58,16 +60,9 @@ def seeded_rngs(value: int) -> Iterator[None]:
         torch.set_rng_state(cpu)
 
 
-def _numpy_entry(state: tuple) -> dict:
-    """``np.random.get_state()``'s tuple as weights-only types (uint32 keys fit int64 exactly)."""
-    algorithm, keys, pos, has_gauss, cached_gaussian = state
-    return {"algorithm": str(algorithm), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-
-
 def rng_state() -> dict:
     """The state of every RNG of this process, as a checkpoint's ``"rng"`` entry."""
-    state = {"torch": torch.get_rng_state(), "numpy": _numpy_entry(np.random.get_state()),
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_rng_entry(np.random.get_state()),
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -83,12 +78,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def rng_state_from_legacy(old: dict) -> dict:
-    """Convert the ``"rng"`` entry of checkpoints written before the weights-only layout, whose
-    ``"numpy"`` is ``np.random.get_state()``'s tuple; the other entries are kept as they are."""
-    return {**old, "numpy": _numpy_entry(old["numpy"])}
 
 
 @dataclass

@@ -6,7 +6,7 @@ loading refuses. This tool loads such a file *unrestricted* — only ever becaus
 for a file they trust — moves the RNG state to the weights-only layout and rewrites the file
 atomically. Files already in the new layout are left untouched.
 
-    python -m engine.upgrade checkpoints/RUN/last.pth [checkpoints/RUN/net_300.pth ...]
+    python -m runs.upgrade checkpoints/RUN/last.pth [checkpoints/RUN/net_300.pth ...]
 """
 import argparse
 import io
@@ -17,7 +17,13 @@ import torch
 from utils.errors import UserError, exit_on_user_error
 from utils.files import ExecutableContentError, read_torch_file, save_checkpoint
 
-from .state import rng_state_from_legacy
+from .checkpoints import numpy_rng_entry
+
+
+def rng_state_from_legacy(old: dict) -> dict:
+    """Convert the ``"rng"`` entry of checkpoints written before the weights-only layout, whose
+    ``"numpy"`` is ``np.random.get_state()``'s tuple; the other entries are kept as they are."""
+    return {**old, "numpy": numpy_rng_entry(old["numpy"])}
 
 
 def upgrade_checkpoint(path: Path) -> bool:

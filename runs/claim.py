@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 import yaml
 
-from models.run import LAST_CHECKPOINT, OPTS_FILE
+from .layout import LAST_CHECKPOINT, OPTS_FILE
 from utils.errors import UserError
 from utils.files import atomic_write_text
 

@@ -1,5 +1,5 @@
 """The training loop of one run: building it from the flags, stepping, and recording each epoch
-(checkpoints and resuming: ``engine.checkpointing``; the data of every epoch: ``engine.loading``).
+(checkpoints and resuming: ``training.checkpointing``; the data of every epoch: ``training.loading``).
 
 The student recipe (docs/method.md §3): bi-gradual unfreezing, bi-partitioned optimization,
 cross-entropy + cross-view triplet loss, and logit distillation from a frozen teacher.
@@ -22,7 +22,8 @@ from models import MultiViewNet, build_model
 from models.mccg import init_classblock_bn
 from models._helpers import check_input_size
 from models.binary import BinarizerSchedule, apply_constraints_, count_exact_binary
-from models.run import LAST_CHECKPOINT, load_trained_model
+from runs.checkpoints import load_trained_model
+from runs.layout import LAST_CHECKPOINT
 from optim.factory import build_optimizers, build_schedulers
 from optim.stepping import step_optimizers
 from optim.unfreeze import BiGradualUnfreezing, hold_frozen_batchnorm
@@ -94,7 +95,7 @@ class Trainer(CheckpointMixin):
         self.binary_convs = count_exact_binary(self.model)[1]  # 0 for a full-precision teacher
         self.show_progress = ctx.is_main and progress_enabled(getattr(args, "progress", "auto"))
         self.epoch_steps = 0  # steps run by this process in the last epoch (a resumed one: the rest of it)
-        self.interrupted = 0  # number of the first stop signal received (set by engine.stop_signals)
+        self.interrupted = 0  # number of the first stop signal received (set by training.stop_signals)
         self.stopped = False  # training stopped early on a signal, after saving
         # Called after every checkpoint written; train.py uses it to commit the run's claim.
         self.after_checkpoint: Callable[[], None] = lambda: None

@@ -15,12 +15,12 @@ import torch
 
 from utils.errors import UserError, first_line
 
-from ._helpers import StateDict, load_model_state
-from ._registry import build_model
-from .binary import MIN_TEMPERATURE
-from .bnext import BNEXT_CHANNELS
-from .bnext import checkpoint_filter_fn as bnext_filter
-from .teacher import _convnext_filter
+from models import build_model
+from models._helpers import StateDict, load_model_state
+from models.binary import MIN_TEMPERATURE
+from models.bnext import BNEXT_CHANNELS
+from models.bnext import checkpoint_filter_fn as bnext_filter
+from models.teacher import _convnext_filter
 
 MCCG, BICROSSNET_RELEASE = "mccg", "bicrossnet_release"
 FORMATS = {

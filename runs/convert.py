@@ -1,11 +1,11 @@
 """Use checkpoints of the original MCCG and BiCrossNet code here: convert one into a run directory.
 
-    python -m models.convert model/three_view_long/net_119.pth --name mccg_teacher
-    python -m models.convert student/net_199.pth --name released_student --dataset sues --altitude 150
+    python -m runs.convert model/three_view_long/net_119.pth --name mccg_teacher
+    python -m runs.convert student/net_199.pth --name released_student --dataset sues --altitude 150
 
 FILE is a ``net_XXX.pth`` of the original ``train.py`` (a bare state dict) or the folder holding
 them (the highest epoch is taken, as the original ``test.py`` does). The layout is detected from
-the keys (``--format`` insists on one); see :mod:`models.original_formats`. The run directory
+the keys (``--format`` insists on one); see :mod:`runs.original_formats`. The run directory
 ``<checkpoint_dir>/<name>/`` gets ``opts.yaml`` and ``last.pth`` (weights only, no optimizer
 state), so ``test.py``, ``export.py`` and ``train.py --teacher_path`` take it. ``models.load_run``
 and ``--teacher_path`` also take an original file (or a folder with the original's options file)
@@ -20,12 +20,14 @@ from typing import Optional, Tuple, Union
 import yaml
 
 from datasets import DATASETS, SUES_ALTITUDES
+from utils.cli import add_checkpoint_dir
 from utils.errors import UserError, exit_on_user_error
 from utils.files import PathLike, atomic_write_text, read_torch_file, save_checkpoint
 
-from ._helpers import _state_dict_in
+from models._helpers import _state_dict_in
+
 from .original_formats import DEFAULT_SIZE, FORMATS, Converted, convert_state
-from .run_layout import LAST_CHECKPOINT, OPTS_FILE, checkpoint_name
+from .layout import LAST_CHECKPOINT, OPTS_FILE, checkpoint_name
 
 # Options files the original train.py scripts write beside their checkpoints (MCCG: opts.yaml,
 # BiCrossNet: opt.yaml); their keys, unlike this project's, include these.
@@ -102,7 +104,7 @@ def input_size(converted: Converted, folder: Path) -> Tuple[int, int]:
 
 
 def load_original(path: PathLike, which_epoch: Union[str, int] = "last", map_location="cpu"):
-    """``models.run.load_trained_model`` for an original checkpoint: ``(model, opts, checkpoint)``,
+    """``runs.checkpoints.load_trained_model`` for an original checkpoint: ``(model, opts, checkpoint)``,
     converted in memory; where this project's forward may differ, a warning says how."""
     source = original_checkpoint(path, which_epoch)
     converted = read_original(source, map_location=map_location)
@@ -113,13 +115,13 @@ def load_original(path: PathLike, which_epoch: Union[str, int] = "last", map_loc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.convert", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m runs.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="original checkpoint (net_XXX.pth) or the folder holding them")
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="layout of FILE; auto detects it from the keys")
     p.add_argument("--name", required=True, help="run name; the run directory is <checkpoint_dir>/<name>/")
-    p.add_argument("--checkpoint_dir", default="checkpoints", help="parent folder of run directories")
+    add_checkpoint_dir(p)
     p.add_argument("--dataset", default="university", choices=DATASETS, help="dataset the checkpoint was trained on")
     p.add_argument("--altitude", type=int, default=None, choices=SUES_ALTITUDES, help="SUES-200 altitude")
     p.add_argument("--h", type=int, default=None, help="input height (default: the original run's, else 256 for "
