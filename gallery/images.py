@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from datasets import build_test_transform
 from datasets.folders import is_image_file, load_rgb
 from evaluation.features import extract_features
-from models.run import load_trained_model, resolve_run
+from runs.checkpoints import load_trained_model, resolve_run
 from utils.errors import UserError
 
 MAT_FIELDS = {"gallery": ("gallery_f", "gallery_path"), "query": ("query_f", "query_path")}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import search
-from engine.run_dir import save_opts
+from runs.claim import save_opts
 from evaluation.binary_codes import hamming_distances, pack_signs
 from gallery import index as gallery_index
 from gallery.images import RunDescriber, list_images
