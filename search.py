@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     common_flags(b)
     q = commands.add_parser("query", help="search an index with query images", formatter_class=formatter)
     q.add_argument("--index", required=True, help="index file written by `search.py build`")
-    q.add_argument("--run", default=None, help="run folder to describe the queries (default: the index's own run)")
+    q.add_argument("--run", default=None,
+                   help="run folder that describes the queries; left out, the run recorded in the index")
     q.add_argument("--top_k", type=int, default=10, help="gallery items listed per query")
     q.add_argument("--nprobe", type=int, default=0, help="IVF index: lists scanned per query (0: as saved)")
     q.add_argument("--ef_search", type=int, default=0, help="HNSW index: search beam width (0: as saved)")
