@@ -18,6 +18,7 @@ import torch
 
 from models import bitpacked
 from runs.checkpoints import load_checkpoint, load_opts, load_run, load_trained_model, resolve_run
+from runs.layout import run_folder
 from runs.packed import ENGINES, binary_weight_bytes, export_packed, load_packed, serialized_bytes
 from utils.cli import HelpFormatter, add_checkpoint_dir
 from utils.errors import UserError, exit_on_user_error
@@ -108,14 +109,15 @@ def images_per_second(model, batch: int, h: int, w: int, repeats: int = 3) -> fl
 
 
 def speed_table(path: Path, batch: int, h: int, w: int, teacher_run: Optional[Path] = None) -> str:
-    """Images per second of the packed file on every engine this machine runs (the bitpacked one
-    only for BNext students where its C++ ops build), and of the teacher's float network."""
+    """Images per second of the packed file on every engine this machine runs (the bit-packed ones,
+    exact and fused, only for BNext students where their C++ ops build), and of the teacher's float
+    network."""
     engines = [e for e in ENGINES if e == "float" or bitpacked.available()]
     rows = []
     for engine in engines:
         try:
             model, _ = load_packed(path, engine=engine)
-        except UserError:  # not a BNext student: the bitpacked engine does not apply
+        except UserError:  # not a BNext student: the bit-packed engines do not apply
             continue
         rows.append((f"packed student, {engine} engine", images_per_second(model, batch, h, w)))
     if teacher_run is not None:
@@ -143,7 +145,7 @@ def refuse_to_replace(out: Path) -> None:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = parse_args(argv)
-    run_dir, checkpoint_path = resolve_run(Path(args.checkpoint_dir) / args.name, args.which_epoch)
+    run_dir, checkpoint_path = resolve_run(run_folder(args.checkpoint_dir, args.name), args.which_epoch)
     model, opts, checkpoint = load_trained_model(run_dir, args.which_epoch)
     missing = [key for key in ("h", "w") if key not in opts]
     if missing:

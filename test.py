@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packed", default=None, metavar="FILE",
                    help="evaluate a packed 1-bit model file from export.py instead of a run's checkpoint")
     p.add_argument("--engine", default="float", choices=ENGINES,
-                   help="--packed only: float (the training network) or bitpacked (XNOR/popcount CPU kernels)")
+                   help="--packed only: float (the training network), bitpacked (XNOR/popcount CPU kernels, "
+                        "same results) or fused (also the full-precision tail in C++: faster, may round differently)")
     add_checkpoint_dir(p)
     p.add_argument("--test_dir", required=True,
                    help="test folder: University-1652/test, or SUES-200/test (holding one folder per altitude)")

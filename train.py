@@ -29,6 +29,7 @@ from training.options import (PRESETS, PROGRESS_CHOICES, RECIPE_DEFAULTS, RESUME
                               merge_saved_opts, recipe_of, run_options, start_warnings, validate)
 from training.original_flags import check_original_flags, dataset_name, optimizer_name
 from runs.claim import RunClaim, save_opts
+from runs.layout import run_folder
 from training.stop_signals import stop_on_signals
 from training.trainer import Trainer
 from training.training_log import attach_log_file, setup_logger
@@ -40,7 +41,7 @@ from optim.factory import OPTIMIZER_CHOICES
 from optim.unfreeze import FROZEN_BN_CHOICES
 from utils.cli import HelpFormatter, add_checkpoint_dir, add_device_flags
 from utils.device import resolve_device
-from utils.errors import exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 from utils.files import remove_temporaries
 
 
@@ -198,6 +199,9 @@ def parse_command(argv=None) -> Tuple[argparse.Namespace, set, Dict[str, object]
     parser = get_args_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, args, argv)
+    run_folder(args.checkpoint_dir, args.name)
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: pass only one of them")
     applied = {}
     if args.resume:
         args = merge_saved_opts(args, given)

@@ -22,9 +22,9 @@ from models.complexity import build, human, measure
 
 STUDENTS = [f"bicrossnet_bnext_{size}" for size in ("tiny", "small", "middle", "large")]
 TEACHERS = ["mccg_convnext_atto", "mccg_convnext_tiny"]
-# DESIGN.md section 2: BNext README, OPs = BOPs/64 + FLOPs/8 at 1x3x224x224.
+# docs/method.md section 7: BNext README, OPs = BOPs/64 + FLOPs/8 at 1x3x224x224.
 BNEXT_PUBLISHED_OPS = {"bnext_tiny": 0.077e9, "bnext_small": 0.172e9, "bnext_middle": 0.317e9, "bnext_large": 0.819e9}
-# DESIGN.md section 5: University-1652 Drone->Satellite AP vs OPs for one 2x3x256x256 inference,
+# docs/method.md section 7: University-1652 Drone->Satellite AP vs OPs for one 2x3x256x256 inference,
 # read off the BiCrossNet paper's plot (no printed table is public).
 PAPER_POINTS = [("BiCrossNet, smaller variant", 0.835, 3.6e8, STUDENTS),
                 ("BiCrossNet, larger variant", 0.873, 2.6e9, STUDENTS),

@@ -5,16 +5,22 @@ round, so load from other processes hits all alike):
 
 * ``student float``: the training network; its binary convolutions run as float convolutions with
   +-1 weights, as in ``test.py``;
-* ``student bitpacked``: the same weights on :mod:`models.bitpacked` (XNOR/popcount kernels);
+* ``student bitpacked``: the same weights on :mod:`models.bitpacked` (XNOR/popcount kernels), the
+  exact engine (features bit for bit the float network's);
+* ``student fused``: the fused engine (full-precision tail in C++, rounds differently);
 * the teacher in each ``--teacher_modes`` configuration: ``eager`` (NCHW, oneDNN convolutions),
   ``channels_last``, ``compile`` (``torch.compile``, inductor, C++/OpenMP code built
-  locally). The fastest one is the reference of the ratios.
+  locally), ``onnxruntime`` (ONNX Runtime FP32 and static per-channel INT8, when installed:
+  :mod:`benchmarks.onnx_reference`). The fastest one is the reference of the ratios.
 
-Then, per batch size at the largest thread count: where the bit-packed student's wall time goes
-(its kernels timed call by call), with its binary convolutions' MAC rate against the popcount
-kernel's peak measured on this machine; and each model's memory, in a fresh process per model:
-weights and buffers, and the resident set's rise over a first forward (its peak reset after
-loading). ``--json FILE`` writes every figure.
+``--background N`` runs N busy processes while the models are timed (one per core is the load
+the engine must hold up under); medians are reported beside bests.
+
+Then, per batch size at the largest thread count (without the background load): where each
+bit-packed student's wall time goes, with its binary convolutions' MAC rates against the popcount
+kernel's peak measured on this machine, layer by layer (:mod:`benchmarks.engine_profile`); and
+each model's memory, in a fresh process per model: weights and buffers, and the resident set's
+rise over a first forward (its peak reset after loading). ``--json FILE`` writes every figure.
 
 Weights are random: speed does not depend on them. On CUDA (``--device auto`` picks it when
 present) only the float networks run, each also under float16 autocast.
@@ -29,20 +35,24 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List
 
 import torch
 import torch.nn as nn
 
+from benchmarks.background import busy_processes
+from benchmarks.engine_profile import print_profile, profile_engine
+from benchmarks.onnx_reference import onnx_teachers
 from models import bitpacked, build_model
-from models.bitpacked.network import PackedBinaryConv
 from utils.device import DEVICE_CHOICES, configure_precision, device_label, resolve_device
 
 NUM_CLASSES = 701  # University-1652; only the unused classifier depends on it
-TEACHER_MODES = ("eager", "channels_last", "compile")
-# Targets of the bit-packed engine (batch 16 and batch 1, largest thread count).
-TARGET_VS_TEACHER, TARGET_VS_FLOAT, TARGET_PEAK_FRACTION = 3.0, 5.0, 1 / 3
+TEACHER_MODES = ("eager", "channels_last", "compile", "onnxruntime")
+ENGINES = ("student bitpacked", "student fused")
+# Target of the fused engine against the fastest teacher, at every batch size and thread count.
+TARGET_VS_TEACHER = 3.5
 
 
 def parse_args(argv=None):
@@ -57,6 +67,8 @@ def parse_args(argv=None):
                         help="CPU thread counts (default: 1 and torch's default)")
     parser.add_argument("--teacher_modes", nargs="+", default=list(TEACHER_MODES), choices=TEACHER_MODES,
                         help="CPU configurations of the teacher to time")
+    parser.add_argument("--background", type=int, default=0, metavar="N",
+                        help="busy processes running while the models are timed")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks CUDA when present")
@@ -93,13 +105,14 @@ def cpu_models(args, names=None) -> Dict[str, nn.Module]:
     """The timed callables by name (``names`` picks some of them, without building the others)."""
     wanted = lambda name: names is None or name in names  # noqa: E731
     models = {}
-    if wanted("student float") or wanted("student bitpacked"):
+    if any(wanted(name) for name in ("student float", *ENGINES)):
         student = build_model(args.student, NUM_CLASSES).eval()
         if wanted("student float"):
             models["student float"] = student
-        if wanted("student bitpacked") and bitpacked.available():
-            models["student bitpacked"] = bitpacked.convert(student)
-    modes = [m for m in args.teacher_modes if wanted(f"teacher {m}")]
+        for name in ENGINES:
+            if wanted(name) and bitpacked.available():
+                models[name] = bitpacked.convert(student, engine=name.split()[1])
+    modes = [m for m in args.teacher_modes if m != "onnxruntime" and wanted(f"teacher {m}")]
     if modes:
         teacher = build_model(args.teacher, NUM_CLASSES).eval()
         variants = {"eager": lambda m: m, "channels_last": ChannelsLast, "compile": compiled}
@@ -177,153 +190,78 @@ def measure_memory(args, names: List[str], batch: int) -> List[dict]:
     return rows
 
 
-def binary_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Binary MACs of one forward of the bit-packed model on ``x``."""
-    total = []
-
-    def count(module, args, out):
-        total.append(out.numel() * module.channels * module.kernel ** 2)
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, PackedBinaryConv)]
-    with torch.inference_mode():
-        model(x)
-    for handle in handles:
-        handle.remove()
-    return sum(total)
-
-
-class TimedOps:
-    """Stands in for the engine's ops namespace and adds up the wall time of its conv and pack calls."""
-
-    def __init__(self, ops):
-        self.ops = ops
-        self.seconds = {"conv": 0.0, "pack": 0.0}
-
-    def __getattr__(self, name):
-        op = getattr(self.ops, name)
-        if name not in self.seconds:
-            return op
-
-        def timed(*args):
-            start = time.perf_counter()
-            out = op(*args)
-            self.seconds[name] += time.perf_counter() - start
-            return out
-
-        return timed
-
-
-def timed_passes(model: nn.Module, x: torch.Tensor, repeats: int) -> Dict[str, float]:
-    """Wall seconds per pass of the backbone, its conv and pack calls, its stem conv, and the head."""
-    units = [m for m in model.modules() if hasattr(m, "ops")]
-    timer = TimedOps(units[0].ops)
-    stem, marks = model.backbone.stem.conv1, []
-    hooks = [stem.register_forward_pre_hook(lambda *_: marks.append(-time.perf_counter())),
-             stem.register_forward_hook(lambda *_: marks.append(time.perf_counter()))]
-    backbone = head = 0.0
-    try:
-        for unit in units:
-            unit.ops = timer
-        for _ in range(repeats):
-            start = time.perf_counter()
-            feature_map = model.backbone.forward_features(x)
-            middle = time.perf_counter()
-            model.head(feature_map)
-            backbone, head = backbone + middle - start, head + time.perf_counter() - middle
-    finally:
-        for unit in units:
-            unit.ops = timer.ops
-        for hook in hooks:
-            hook.remove()
-    per_pass = {"backbone": backbone, "head": head, "stem": sum(marks), **timer.seconds}
-    return {k: v / repeats for k, v in per_pass.items()}
-
-
-@torch.inference_mode()
-def profile_bitpacked(model: nn.Module, batch: int, size: int, repeats: int, peak: float) -> dict:
-    """Where the bit-packed student's wall time goes at ``batch``, and its binary convs' MAC rate."""
-    x = torch.randn(batch, 3, size, size)
-    model(x)
-    t = timed_passes(model, x, repeats)
-    parts = {"binary convs (XNOR/popcount, BN1+PReLU output transform)": t["conv"],
-             "packing (LearnableBias + sign + bits)": t["pack"], "stem conv (full precision)": t["stem"],
-             "stem BN, SE gates, mixing, BN2, residuals, pooling (full precision)": t["backbone"] - t["conv"] - t["pack"] - t["stem"],
-             "MCCG head": t["head"]}
-    rate = binary_macs(model, x) / t["conv"]
-    return {"batch": batch, "ms_per_batch": {k: 1000 * v for k, v in parts.items()}, "binary_mac_per_s": rate,
-            "peak_binary_mac_per_s": peak, "fraction_of_peak": rate / peak}
-
-
-def print_profile(profile: dict, threads: int) -> None:
-    total = sum(profile["ms_per_batch"].values())
-    print(f"\nbitpacked student, batch {profile['batch']}, {threads} threads (wall time per part):\n")
-    print("| part | ms / batch | share |")
-    print("|---|---:|---:|")
-    for part, ms in profile["ms_per_batch"].items():
-        print(f"| {part} | {ms:.2f} | {100 * ms / total:.1f}% |")
-    print(f"\nbinary convs: {profile['binary_mac_per_s'] / 1e9:.0f} G binary MAC/s, "
-          f"{100 * profile['fraction_of_peak']:.0f}% of the popcount kernel's peak "
-          f"({profile['peak_binary_mac_per_s'] / 1e9:.0f} G/s, {bitpacked.active_isa()}, {threads} threads)")
-
-
 def ratios(rows: List[dict], threads: int, batches: List[int]) -> List[dict]:
-    """Bit-packed student against the fastest teacher configuration and against its float path."""
+    """Each bit-packed engine against the fastest teacher runtime and against the float student, from
+    best times and from median times."""
     out = []
     for batch in batches:
-        speed = {r["model"]: r["images_per_s"] for r in rows if r["batch"] == batch and r["threads"] == threads}
-        if "student bitpacked" not in speed:
-            continue
-        teachers = {k: v for k, v in speed.items() if k.startswith("teacher")}
-        best_teacher = max(teachers, key=teachers.get) if teachers else None
-        fast, slow = speed["student bitpacked"], speed.get("student float")
-        out.append({"batch": batch, "threads": threads, "teacher_reference": best_teacher,
-                    "vs_teacher": fast / teachers[best_teacher] if teachers else None,
-                    "vs_float": fast / slow if slow else None})
+        cell = [r for r in rows if r["batch"] == batch and r["threads"] == threads]
+        for stat in ("images_per_s", "images_per_s_median"):
+            speed = {r["model"]: r[stat] for r in cell}
+            teachers = {k: v for k, v in speed.items() if k.startswith("teacher")}
+            best_teacher = max(teachers, key=teachers.get) if teachers else None
+            for engine in (e for e in ENGINES if e in speed):
+                out.append({"batch": batch, "threads": threads, "engine": engine, "statistic": stat,
+                            "teacher_reference": best_teacher,
+                            "vs_teacher": speed[engine] / teachers[best_teacher] if teachers else None,
+                            "vs_float": speed[engine] / speed["student float"] if "student float" in speed else None})
     return out
 
 
-def print_ratios(results: List[dict], profiles: List[dict], profile_threads: int) -> None:
-    print("\n| batch | threads | bitpacked / best teacher | target | bitpacked / float student | target | "
-          "binary convs / peak | target |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    fractions = {p["batch"]: p["fraction_of_peak"] for p in profiles}
-    show = lambda value, suffix="": "-" if value is None else f"{value:.2f}{suffix}"  # noqa: E731
+def print_ratios(results: List[dict]) -> None:
+    print("\n| batch | threads | engine | from | / fastest teacher | fastest teacher | / float student |\n"
+          "|---:|---:|---|---|---:|---|---:|")
+    show = lambda value: "-" if value is None else f"{value:.2f}x"  # noqa: E731
     for r in results:
-        print(f"| {r['batch']} | {r['threads']} | {show(r['vs_teacher'], 'x')} ({r['teacher_reference']}) | "
-              f">= {TARGET_VS_TEACHER:g}x | {show(r['vs_float'], 'x')} | >= {TARGET_VS_FLOAT:g}x | "
-              f"{show(fractions.get(r['batch']) if r['threads'] == profile_threads else None)} | "
-              f">= {TARGET_PEAK_FRACTION:.2f} |")
+        stat = "best" if r["statistic"] == "images_per_s" else "median"
+        print(f"| {r['batch']} | {r['threads']} | {r['engine']} | {stat} | {show(r['vs_teacher'])} | "
+              f"{r['teacher_reference']} | {show(r['vs_float'])} |")
+    print(f"\n(target of the fused engine: >= {TARGET_VS_TEACHER:g}x the fastest teacher in every cell)")
+
+
+def time_rows(args, models: Dict[str, nn.Module], onnx: dict) -> List[dict]:
+    """Timed rows of every model at every thread count and batch size (ONNX sessions are opened
+    per thread count), under ``args.background`` busy processes."""
+    rows = []
+    with busy_processes(args.background):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            timed = {**models, **{name: make(threads) for name, make in onnx.items()}}
+            for batch in args.batch:
+                x = torch.randn(batch, 3, args.size, args.size)
+                rows += rows_of(time_interleaved(timed, x, args.warmup, args.repeats), batch, threads, "fp32")
+    return rows
 
 
 def run_cpu(args) -> dict:
-    threads_list = args.threads
     torch.manual_seed(0)
     models = cpu_models(args)
-    rows = []
-    for threads in threads_list:
-        torch.set_num_threads(threads)
-        for batch in args.batch:
-            x = torch.randn(batch, 3, args.size, args.size)
-            rows += rows_of(time_interleaved(models, x, args.warmup, args.repeats), batch, threads, "fp32")
+    with tempfile.TemporaryDirectory() as folder:
+        onnx = onnx_teachers(build_model(args.teacher, NUM_CLASSES).eval(), args.size, folder) \
+            if "onnxruntime" in args.teacher_modes else {}
+        rows = time_rows(args, models, onnx)
+    engines = [e for e in ENGINES if e in models]
     print(f"cpu, {args.size}x{args.size}, {args.repeats} timed passes each after {args.warmup} warm-up, "
-          f"models alternating; bitpacked path: {bitpacked.active_isa() if bitpacked.available() else 'unavailable'}\n")
+          f"models alternating, {args.background} busy background processes; "
+          f"bitpacked path: {bitpacked.active_isa() if engines else 'unavailable'}\n")
     print_rows(rows)
-    threads = max(threads_list)
-    torch.set_num_threads(threads)
-    results = {"device": "cpu", "size": args.size, "rows": rows, "memory": [], "profiles": []}
-    if "student bitpacked" in models:
+    threads = max(args.threads)
+    results = {"device": "cpu", "size": args.size, "background": args.background, "rows": rows, "memory": [],
+               "profiles": {}}
+    if engines:
         results["peak_binary_mac_per_s"] = {}
-        for t in threads_list:
+        for t in args.threads:
             torch.set_num_threads(t)
             results["peak_binary_mac_per_s"][t] = bitpacked.peak_binary_macs()
         torch.set_num_threads(threads)
-        peak = results["peak_binary_mac_per_s"][threads]
-        results["profiles"] = [profile_bitpacked(models["student bitpacked"], b, args.size, args.repeats, peak)
-                               for b in args.batch]
-        for profile in results["profiles"]:
-            print_profile(profile, threads)
-        results["ratios"] = [r for t in threads_list for r in ratios(rows, t, args.batch)]
-        print_ratios(results["ratios"], results["profiles"], threads)
+        for engine in engines:
+            results["profiles"][engine] = [profile_engine(models[engine], b, args.size, args.repeats,
+                                                          results["peak_binary_mac_per_s"][threads])
+                                           for b in args.batch]
+            for profile in results["profiles"][engine]:
+                print_profile(engine, profile, threads)
+        results["ratios"] = [r for t in args.threads for r in ratios(rows, t, args.batch)]
+        print_ratios(results["ratios"])
     if not args.no_memory:
         names = [n for n in models if n != "teacher compile"]  # compiling again per process costs minutes
         results["memory"] = [m for b in args.batch for m in measure_memory(args, names, b)]

@@ -7,6 +7,8 @@ errors are caught where the file is opened, so a DataLoader worker never dies on
 from deep inside PIL. A bad argument value is a ValueError naming the parameter.
 """
 import difflib
+import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -157,10 +159,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _open_regular(path):
+    """``path`` opened for reading if it is a regular file (after symlinks), else an OSError.
+
+    Opening is non-blocking, so a FIFO or device named like an image is refused at once instead of
+    waiting forever for a writer; only a regular file is an image.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def load_rgb(path) -> Image.Image:
-    """Decode ``path`` completely and return it as RGB; a damaged file raises BadImageError."""
+    """Decode ``path`` completely and return it as RGB; a damaged file, or anything but a regular
+    file, raises BadImageError."""
     try:
-        with Image.open(path) as image:
+        with _open_regular(path) as file, Image.open(file) as image:
             image.load()  # decode now: truncation only shows up while reading the pixel data
             return to_rgb(image)
     except _DECODE_ERRORS as err:

@@ -11,13 +11,14 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from datasets import AERIAL_MODES, DATASET_MODES, DRONE_QUERY_MODES, MODE_NAMES, SUES_ALTITUDES, build_test_sets, \
     modes_in_split
 from models._helpers import check_input_size
 from runs.checkpoints import load_opts, load_trained_model
-from runs.layout import checkpoint_name
+from runs.layout import checkpoint_name, run_folder
 from runs.packed import load_packed
 from utils.device import configure_precision, device_label, resolve_device
 from utils.errors import UserError
@@ -43,7 +44,7 @@ class EvaluationSource:
             self.run_dir, self.name, self.epoch = Path(args.packed).parent, Path(args.packed).name, self.opts.get("epoch")
             self.engine = f"packed-{args.engine}"
         else:
-            self.run_dir = Path(args.checkpoint_dir) / args.name
+            self.run_dir = run_folder(args.checkpoint_dir, args.name)
             self.opts, self.model = load_opts(self.run_dir), None
             self.name, self.engine = checkpoint_name(args.which_epoch), "float"
 
@@ -144,11 +145,18 @@ def run(args) -> int:
 
 
 def extract(model, images, args, device, desc: str):
-    """Unit-norm descriptors of a query or gallery set, in the set's order."""
+    """Unit-norm descriptors of a query or gallery set, in the set's order. Non-finite descriptors
+    (a diverged network) stop the evaluation before anything is scored or recorded."""
     loader = DataLoader(images, batch_size=args.batchsize, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
-    return extract_features(model, loader, device, amp=args.amp, flip=not args.no_flip, desc=desc,
-                            scales=args.sides)[0]
+    features = extract_features(model, loader, device, amp=args.amp, flip=not args.no_flip, desc=desc,
+                                scales=args.sides)[0]
+    nonfinite = int((~torch.isfinite(features)).any(dim=1).sum())
+    if nonfinite:
+        evaluated = args.packed or run_folder(args.checkpoint_dir, args.name) / checkpoint_name(args.which_epoch)
+        raise UserError(f"{evaluated} gives non-finite {desc} features for {nonfinite} of {len(features)} images (its "
+                        f"weights or statistics hold NaN or infinity, as after a diverged run); nothing recorded")
+    return features
 
 
 def score(qf, query_labels, gf, gallery_labels, device, descriptor: str, queries: str = "queries") -> dict:

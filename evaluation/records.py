@@ -65,6 +65,8 @@ def load_results(path: Path) -> dict:
         results = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}); fix or delete it") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a results file; fix or delete it") from None
     if not isinstance(results, dict):
         raise UserError(f"{path} does not hold a JSON object; fix or delete it")
     return results

@@ -3,6 +3,7 @@
 Matches (same label as the query) are framed green, mistakes red, so a glance shows where a
 model fails (e.g. a neighbouring building ranked first) in a way the averaged metrics cannot.
 """
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +11,8 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from datasets.folders import load_rgb
+from utils.errors import UserError
+from utils.files import atomic_write_bytes
 
 TILE = 128  # pixels per image, frame included
 GAP = 6  # pixels between tiles and around the grid
@@ -58,6 +61,10 @@ def save_retrieval_grid(path, query_paths: Sequence[str], query_labels: torch.Te
             found = int(gallery_labels[index])
             colour = MATCH if found == label else MISTAKE
             canvas.paste(_tile(gallery_paths[index], found, colour, tile), (GAP + column * (tile + GAP), y))
-    path = Path(path)
-    canvas.save(path)
+    path, picture = Path(path), io.BytesIO()
+    canvas.save(picture, format="PNG")
+    try:
+        atomic_write_bytes(path, picture.getvalue())
+    except OSError as err:
+        raise UserError(f"cannot write {path} ({err.strerror or err}); the previous file is intact") from None
     return path

@@ -23,6 +23,11 @@ def nonfinite_entries(state_dict: Dict[str, Any]) -> List[str]:
             if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
+def _holds_data(value: Any) -> bool:
+    """A tensor with values (a meta tensor has a shape but no data to load)."""
+    return torch.is_tensor(value) and not value.is_meta
+
+
 def state_dict_mismatch(model: torch.nn.Module, state_dict: Mapping[str, Any]) -> str:
     """One line naming missing, unexpected and wrongly shaped keys ('' when ``state_dict`` fits)."""
     expected = model.state_dict()
@@ -45,6 +50,11 @@ def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, Any], sour
                      what: str = "checkpoint") -> None:
     """Strictly load ``state_dict``; a mismatch says which model and file disagree, not a PyTorch dump."""
     mismatch = state_dict_mismatch(model, state_dict)
+    not_data = [f"{k} ({type(v).__name__}{' on the meta device' if torch.is_tensor(v) else ''})"
+                for k, v in state_dict.items() if not _holds_data(v)]
+    if not_data:
+        mismatch = "; ".join(filter(None, [mismatch, f"{len(not_data)} entries that are not tensors with data "
+                                                     f"({', '.join(not_data[:3])})"]))
     if mismatch:
         raise UserError(f"{what} {source} does not match model {model_name!r}: {mismatch}")
     model.load_state_dict(state_dict, strict=True)

@@ -21,7 +21,6 @@ from typing import Iterator, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 # Latent weights of HardBinaryConv and the pass-through range of HardSign (BNext uses 1.5).
 HARD_RANGE = 1.5

@@ -14,6 +14,12 @@ it loads with ``weights_only=True``)::
     binary          {conv module name: {"bits": uint8 tensor, "shape": [out, in, kh, kw]}}
     latent          {conv module name: float tensor}   usually empty, see below
     state           {state-dict key: tensor} for every key except the binary convs' ``weight``
+    checksum        SHA-256 (hex) of everything above (see :func:`package_checksum`)
+
+The checksum catches a file changed after export (a flipped bit in the weights, an edited meta):
+loading recomputes it and refuses a file that does not match. Files exported before the
+checksum existed have none; they still load, with a warning that changes to them cannot be
+detected (export the run again to add one).
 
 Bits: element ``i`` of the flattened weight is bit ``7 - i % 8`` (most significant first) of
 byte ``i // 8``; 1 means +1, 0 means -1; the last byte is zero-padded.
@@ -27,9 +33,12 @@ loading is always exact. (ReCU: a channel of equal latent weights, whose rounded
 them, binarizes to all -1, while equal +-1 latents give +1; BNext: a temperature above 1.)
 """
 import copy
+import hashlib
 import io
+import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Sequence, Tuple, Union
 
@@ -44,10 +53,12 @@ from models import bitpacked, build_model, list_models
 from models._helpers import load_model_state
 from models.binary import BinaryConv2d
 
+from .checkpoints import check_network_entries
+
 FORMAT = "bicrossnet-packed"
 FORMAT_VERSION = 1
-# Inference engines of load_packed: the training network, or the bit-packed CPU engine.
-ENGINES = ("float", "bitpacked")
+# Inference engines of load_packed: the training network, or the bit-packed CPU engines (exact, fused).
+ENGINES = ("float", *bitpacked.ENGINE_NAMES)
 # Options that make a builder read weights from elsewhere; a packed file carries its own weights.
 WEIGHT_SOURCE_OPTIONS = ("backbone_weights", "pretrained")
 
@@ -147,8 +158,47 @@ def export_packed(model: nn.Module, model_name: str, model_options: Mapping, num
         package["binary"][name] = {"bits": bits, "shape": list(shape)}
         if not signs_restore_exactly(convs[name], signs):
             package["latent"][name] = convs[name].weight.detach().cpu().clone()
+    package["checksum"] = package_checksum(package)
     save_checkpoint(package, path)
     return package["meta"]
+
+
+def _tensor_bytes(value) -> bytes:
+    """A tensor's dtype, shape and raw bytes (anything else: its repr), for the checksum."""
+    if not torch.is_tensor(value) or value.is_meta:
+        return repr(value).encode()
+    flat = value.detach().cpu().contiguous().reshape(-1)
+    return f"{value.dtype}{tuple(value.shape)}".encode() + flat.view(torch.uint8).numpy().tobytes()
+
+
+def package_checksum(package: Mapping) -> str:
+    """SHA-256 of a package's format, meta, packed bits, latent weights and state, in a fixed order."""
+    digest = hashlib.sha256()
+    head = {key: package.get(key) for key in ("format", "format_version", "meta")}
+    digest.update(json.dumps(head, sort_keys=True, default=repr).encode())
+    for section in ("binary", "latent", "state"):
+        entries = package.get(section)
+        if not isinstance(entries, dict):  # a malformed file: refused by the layout check after this
+            digest.update(f"\0{section}\0{entries!r}".encode())
+            continue
+        for name in sorted(entries, key=str):
+            entry = entries[name]
+            digest.update(f"\0{section}\0{name}\0".encode())
+            if section == "binary" and isinstance(entry, dict):
+                digest.update(json.dumps(entry.get("shape"), default=repr).encode() + _tensor_bytes(entry.get("bits")))
+            else:
+                digest.update(_tensor_bytes(entry))
+    return digest.hexdigest()
+
+
+def _check_checksum(package: dict, path: Path) -> None:
+    stored = package.get("checksum")
+    if stored is None:
+        warnings.warn(f"{path} has no checksum (exported before checksums were stored), so changes to it cannot be "
+                      f"detected; export the run again to add one", stacklevel=3)
+    elif stored != package_checksum(package):
+        raise UserError(f"{path} is corrupted or was modified after export: its contents do not match the checksum "
+                        f"stored in it (export the run again)")
 
 
 def _read_package(path: Path) -> dict:
@@ -169,6 +219,8 @@ def _read_package(path: Path) -> dict:
     )
     if not layout_ok:
         raise UserError(f"{path} is a corrupted packed model file (its meta, binary or state entries are malformed)")
+    _check_checksum(package, path)
+    check_network_entries(meta, path)
     return package
 
 
@@ -187,16 +239,17 @@ def load_packed(path: PathLike, map_location="cpu", engine: str = "float") -> Tu
 
     ``engine="float"``: the training network, whose features equal those of the exported network
     exactly. ``engine="bitpacked"``: an inference-only CPU network whose binary convolutions run
-    on packed bits (:mod:`models.bitpacked`), with the same features bit for bit; where its C++
-    ops cannot be built it warns once and returns the float network. A file that is
+    on packed bits (:mod:`models.bitpacked`), with the same features bit for bit; ``engine="fused"``:
+    the same with a fused full-precision tail, faster, features close but not equal. Where their
+    C++ ops cannot be built they warn once and return the float network. A file that is
     missing, truncated, foreign, of another format version, or whose weights do not fit the
     model it names is a :class:`UserError`, and so is a file that is not a BNext student with
-    ``engine="bitpacked"``.
+    ``engine="bitpacked"`` or ``"fused"``.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "bitpacked" and torch.device(map_location).type != "cpu":
-        raise ValueError(f"the bitpacked engine runs on the CPU, not on {map_location}")
+    if engine != "float" and torch.device(map_location).type != "cpu":
+        raise ValueError(f"the {engine} engine runs on the CPU, not on {map_location}")
     path = Path(path)
     package = _read_package(path)
     meta = package["meta"]
@@ -225,9 +278,9 @@ def load_packed(path: PathLike, map_location="cpu", engine: str = "float") -> Tu
         wrong = [name for name, m in convs.items() if not torch.equal(m.binary_weight(), signs[name])]
     if wrong:
         raise UserError(f"{path} is corrupted: the restored forward weights of {wrong[0]} differ from its packed bits")
-    if engine == "bitpacked":
+    if engine != "float":
         try:
-            return bitpacked.convert(model), meta
+            return bitpacked.convert(model, engine=engine), meta
         except ValueError as err:
             raise UserError(f"{path} holds {meta['model']!r}: {err}") from None
     return model.to(map_location), meta

@@ -43,9 +43,19 @@ def run_row(run_dir: Path, h: int, w: int, eval_size: Optional[Tuple[int, int]])
     row["checkpoint"] = shown.get("checkpoint", "—")
     row["precision"] = shown.get("precision", "—")
     for short, metrics in records.items():
-        row[f"{short} R@1"] = f"{metrics['recall@1']:.2f}" if metrics else "—"
-        row[f"{short} AP"] = f"{metrics['ap']:.2f}" if metrics else "—"
+        row[f"{short} R@1"] = metric_text(metrics, "recall@1", results_path)
+        row[f"{short} AP"] = metric_text(metrics, "ap", results_path)
     return row
+
+
+def metric_text(record: Optional[dict], key: str, results_path: Path) -> str:
+    """A record's metric to two decimals ('—' without a record); anything but a number is refused."""
+    if not record:
+        return "—"
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{results_path}: a record's {key!r} is {value!r}, expected a number; fix or delete the record")
+    return f"{value:.2f}"
 
 
 def parse_size(text: str) -> Tuple[int, int]:

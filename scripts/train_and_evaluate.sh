@@ -26,7 +26,17 @@
 #   TEACHER_FLAGS   extra train.py flags for the teacher, e.g. "--epochs 5"
 #   EVAL_FLAGS      extra test.py flags, e.g. "--batchsize 128"
 # Arguments: extra train.py flags for the student (they override the recipe below).
+# Paths given in the environment are relative to the directory the script is run from; the
+# defaults are relative to the repository.
 set -euo pipefail
+CALLER_DIR=$PWD
+for var in DATA_DIR TEST_DIR CHECKPOINT_DIR BNEXT_WEIGHTS TEACHER_CHECKPOINT TEACHER_WEIGHTS; do
+  value=${!var:-}
+  case "$value" in
+    ""|/*) ;;
+    *) printf -v "$var" '%s' "$CALLER_DIR/$value" ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 

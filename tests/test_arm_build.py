@@ -67,6 +67,7 @@ def test_each_architecture_builds_its_own_isa_sources_and_every_other_source():
     assert names(engine_sources("arm64")) == arm and names(engine_sources("AMD64")) == x86
 
 
+@pytest.mark.slow
 def test_kernels_of_this_cpu_match_the_reference(tmp_path):
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
@@ -78,12 +79,14 @@ def test_kernels_of_this_cpu_match_the_reference(tmp_path):
     assert_all_paths_match(result, isas)
 
 
+@pytest.mark.slow
 @needs_cross_tools
 def test_neon_and_portable_kernels_match_the_reference_under_qemu(tmp_path):
     build_check(CROSS_CXX, "aarch64", tmp_path / "kernel_check", "-static")
     assert_all_paths_match(run([QEMU, tmp_path / "kernel_check", "neon", "portable"]), ["neon", "portable"])
 
 
+@pytest.mark.slow
 @needs_cross_tools
 def test_every_engine_source_compiles_for_aarch64(tmp_path):
     """Object files with the extension's flags and torch's headers (no aarch64 libtorch to link against)."""

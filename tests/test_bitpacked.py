@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models import bitpacked, build_model
-from models.bitpacked import build, network
+from models.bitpacked import build, engines, network
 from models.bitpacked.build import ISA_VARIABLE, load_ops
 from models.binary import binary_convs
 from models.bnext import BNext
@@ -166,6 +166,7 @@ def student(tmp_path_factory):
     return path, features(model), fast
 
 
+@pytest.mark.slow
 @needs_engine
 def test_bitpacked_features_equal_the_float_path(student):
     """Bit for bit, not merely within 1e-4: one rounding difference before a sign can flip it, and
@@ -178,12 +179,14 @@ def test_bitpacked_features_equal_the_float_path(student):
     assert torch.equal(features(fast, seed=5), features(load_packed(path)[0], seed=5))
 
 
+@pytest.mark.slow
 @needs_engine
 def test_recu_student_features_equal_the_float_path():
     model = randomize(build_model(STUDENT, NUM_CLASSES, binarizer="recu"), seed=2)
     assert torch.equal(features(bitpacked.convert(model)), features(model))
 
 
+@pytest.mark.slow
 @needs_engine
 def test_every_isa_and_micro_batch_gives_the_same_features(student):
     fast = student[2]
@@ -199,12 +202,14 @@ def test_every_isa_and_micro_batch_gives_the_same_features(student):
         fast.backbone.micro_batch = bitpacked.DEFAULT_MICRO_BATCH
 
 
+@pytest.mark.slow
 @needs_engine
 def test_bitpacked_engine_is_inference_only(student):
     with pytest.raises(RuntimeError, match="inference-only"):
         student[2].train()
 
 
+@pytest.mark.slow
 @needs_engine
 def test_engine_refusals(tmp_path, student, monkeypatch):
     with pytest.raises(ValueError, match="engine must be one of"):
@@ -226,6 +231,7 @@ def run_python(code, **env):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 @needs_engine
 def test_isa_variable_forces_a_path_at_load():
     forced = run_python("from models import bitpacked; print(bitpacked.active_isa())", **{ISA_VARIABLE: "portable"})
@@ -233,6 +239,7 @@ def test_isa_variable_forces_a_path_at_load():
     assert forced.stdout.split() == ["portable"]
 
 
+@pytest.mark.slow
 def test_missing_compiler_gives_one_warning_line(tmp_path):
     code = "from models.bitpacked.build import load_ops; assert load_ops() is None and load_ops() is None"
     result = run_python(code, CXX="/nonexistent/g++", TORCH_EXTENSIONS_DIR=str(tmp_path))
@@ -243,13 +250,15 @@ def test_missing_compiler_gives_one_warning_line(tmp_path):
     assert lines[1:] == [] or not any(word in lines[1].lower() for word in ("warn", "error")), result.stderr
 
 
+@pytest.mark.slow
 def test_without_the_engine_load_packed_gives_the_float_network(student, monkeypatch):
-    monkeypatch.setattr(network, "load_ops", lambda: None)
+    monkeypatch.setattr(engines, "load_ops", lambda: None)
     model, meta = load_packed(student[0], engine="bitpacked")
     assert isinstance(model.backbone, BNext) and meta["model"] == STUDENT
     assert torch.equal(features(model), student[1])
 
 
+@pytest.mark.slow
 @needs_engine
 def test_bare_bnext_logits_equal_the_float_path():
     model = randomize(BNext("small", num_classes=10, temperature=0.0), seed=4)

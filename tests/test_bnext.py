@@ -1,5 +1,4 @@
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -72,6 +71,7 @@ def test_bnext_tiny_published_parameter_count():
     assert round(sum(m.weight.numel() for m in binary_convs(model)) / 1e6, 2) == 28.25
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("builder, size", zip([bnext_tiny, bnext_small, bnext_middle, bnext_large], SIZES))
 def test_feature_map_is_one_32nd_of_the_input(builder, size):
     with torch.device("meta"):
@@ -81,6 +81,7 @@ def test_feature_map_is_one_32nd_of_the_input(builder, size):
     assert model(x).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_tiny_runs_on_cpu_at_64():
     torch.manual_seed(0)
     model = BNext("tiny", num_classes=0).eval()
@@ -186,6 +187,7 @@ def test_unit_runs_twice_before_one_backward():
     assert u.scale.grad is not None and torch.isfinite(u.scale.grad).all()
 
 
+@pytest.mark.slow
 def test_temperature_argument_and_binarizers():
     torch.manual_seed(0)
     fresh = BNext("tiny")

@@ -36,11 +36,13 @@ def stats_224():
     return stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", list(BNEXT_CHANNELS))
 def test_published_ops_within_3_percent(stats_224, size):
     assert stats_224[size]["ops_8bit"] / 1e9 == pytest.approx(PUBLISHED_OPS[size], rel=0.03)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", list(BNEXT_CHANNELS))
 def test_counts_match_the_architecture_formula(stats_224, size):
     s = stats_224[size]
@@ -50,6 +52,7 @@ def test_counts_match_the_architecture_formula(stats_224, size):
     assert s["ops_8bit"] == bops / 64 + flops / 8
 
 
+@pytest.mark.slow
 def test_bnext_tiny_figures(stats_224):
     s = stats_224["tiny"]
     assert round(s["params"] / 1e6, 2) == 30.86
@@ -58,6 +61,7 @@ def test_bnext_tiny_figures(stats_224):
     assert s["flops"] / 1e6 == pytest.approx(13.3, rel=0.01)
 
 
+@pytest.mark.slow
 def test_real_and_meta_tensors_give_the_same_counts_and_modes_are_restored():
     torch.manual_seed(0)
     model = BNext("tiny", num_classes=10).train()

@@ -228,6 +228,7 @@ def convert_cli(*argv):
 
 # ------------------------------------------------------------------ detection and refusal
 
+@pytest.mark.slow
 def test_each_layout_is_detected(teacher_view, student_view):
     three_view = {**two_view(teacher_view), **{"model_2." + k: v for k, v in teacher_view.items()}}
     assert detect_format(two_view(teacher_view)) == MCCG
@@ -236,6 +237,7 @@ def test_each_layout_is_detected(teacher_view, student_view):
     assert detect_format(two_view(student_view)) == BICROSSNET_RELEASE
 
 
+@pytest.mark.slow
 def test_unknown_layout_is_refused_in_one_line_listing_the_layouts(teacher_view):
     with pytest.raises(UserError) as err:
         detect_format({"features.0.weight": torch.zeros(1)}, "odd.pth")
@@ -250,6 +252,7 @@ def test_unknown_layout_is_refused_in_one_line_listing_the_layouts(teacher_view)
         convert_state(damaged)
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_unknown_file_and_an_existing_run(tmp_path, teacher_file, capsys):
     torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "other.pth")
     (tmp_path / "runs" / "taken").mkdir(parents=True)
@@ -264,6 +267,7 @@ def test_cli_refuses_an_unknown_file_and_an_existing_run(tmp_path, teacher_file,
 
 # ------------------------------------------------------------------ exactness
 
+@pytest.mark.slow
 def test_mccg_teacher_features_equal_the_original(teacher_view):
     converted = convert_state(two_view(teacher_view))
     assert (converted.model_name, converted.num_classes, converted.notes) == ("mccg_convnext_tiny", NUM_CLASSES, ())
@@ -271,6 +275,7 @@ def test_mccg_teacher_features_equal_the_original(teacher_view):
     assert_same_features(converted.model, teacher_view, images())
 
 
+@pytest.mark.slow
 def test_three_view_converts_the_satellite_and_drone_network(teacher_view):
     shared = {**two_view(teacher_view), **{"model_2." + k: v for k, v in teacher_view.items()}}
     street = {**two_view(teacher_view), **{"model_2." + k: v.clone() + 1 for k, v in teacher_view.items()}}
@@ -282,6 +287,7 @@ def test_three_view_converts_the_satellite_and_drone_network(teacher_view):
         assert all(torch.equal(v, reference[k]) for k, v in converted.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_released_student_features_equal_the_original(student_view):
     converted = convert_state(two_view(student_view))
     assert converted.model_name == "bicrossnet_bnext_tiny" and converted.notes == ()
@@ -293,6 +299,7 @@ def test_released_student_features_equal_the_original(student_view):
     assert_same_features(converted.model, student_view, images(size=32))
 
 
+@pytest.mark.slow
 def test_student_3x3_scales_outside_0_1_are_used_as_stored(student_view):
     # The original's 3x3 units use their mixing scales unclamped in eval mode; so does this project's forward.
     view = dict(student_view)
@@ -304,6 +311,7 @@ def test_student_3x3_scales_outside_0_1_are_used_as_stored(student_view):
 
 # ------------------------------------------------------------------ run directories and loading
 
+@pytest.mark.slow
 def test_cli_writes_a_run_that_load_run_loads(student_file, student_view, tmp_path):
     stdout = convert_cli(student_file, "--name", "released", "--checkpoint_dir", tmp_path,
                          "--dataset", "sues", "--altitude", 150)
@@ -315,6 +323,7 @@ def test_cli_writes_a_run_that_load_run_loads(student_file, student_view, tmp_pa
     assert_same_features(load_run(tmp_path / "released"), student_view, images(size=32))
 
 
+@pytest.mark.slow
 def test_load_run_and_teacher_path_accept_original_files_and_folders(teacher_file, teacher_view):
     folder = teacher_file.parent
     (folder / "opts.yaml").write_text(yaml.safe_dump({"nclasses": NUM_CLASSES, "views": 2, "h": 224, "w": 224}))
@@ -332,6 +341,7 @@ def test_load_run_and_teacher_path_accept_original_files_and_folders(teacher_fil
         (folder / "net_095.pth").unlink()
 
 
+@pytest.mark.slow
 def test_a_converted_run_cannot_be_resumed_and_says_what_it_can_do(student_file, tmp_path, capsys):
     convert_cli(student_file, "--name", "released", "--checkpoint_dir", tmp_path)
     with pytest.raises(SystemExit) as exit_info:
@@ -347,6 +357,7 @@ class _Logger:
         pass
 
 
+@pytest.mark.slow
 def test_converted_teacher_evaluates_with_test_py(teacher_file, university_root, tmp_path):
     convert_cli(teacher_file, "--name", "mccg", "--checkpoint_dir", tmp_path, "--h", SIZE, "--w", SIZE)
     spec = importlib.util.spec_from_file_location("bicrossnet_test_cli", ROOT / "test.py")

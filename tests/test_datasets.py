@@ -17,16 +17,9 @@ from datasets import (IMAGENET_MEAN, IMAGENET_STD, BadImageError, CrossViewTrain
                       build_test_sets, build_test_transform, build_train_set, build_train_transforms,
                       load_rgb, resolve_test_folders, scan_classes)
 from utils.errors import UserError
+from helpers.files import names, raw
 
 RAW = {"satellite": T.PILToTensor(), "drone": T.PILToTensor()}
-
-
-def names(folder):
-    return sorted(p.name for p in Path(folder).iterdir())
-
-
-def raw(path):
-    return T.PILToTensor()(load_rgb(path))
 
 
 def save(path, image=None, colour=(10, 20, 30), fmt=None):

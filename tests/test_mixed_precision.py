@@ -13,7 +13,7 @@ from training import trainer
 from optim.stepping import step_optimizers
 from utils.device import configure_precision
 
-from test_train import base_args, losses, state
+from helpers.tiny_runs import base_args, losses, state
 
 
 def enabled_cpu_scaler(device, enabled):
@@ -64,6 +64,7 @@ def teacher_run(university_root, tmp_path_factory):
     return ckpt / "teacher"
 
 
+@pytest.mark.slow
 def test_enabled_scaler_trains_through_all_phases_with_distillation_and_resumes_exactly(
         university_root, tmp_path, teacher_run, monkeypatch):
     monkeypatch.setattr(trainer, "grad_scaler", enabled_cpu_scaler)
@@ -87,6 +88,7 @@ def test_enabled_scaler_trains_through_all_phases_with_distillation_and_resumes_
     assert all(torch.equal(full[k], split[k]) for k in full)
 
 
+@pytest.mark.slow
 def test_an_epoch_whose_every_step_overflows_says_so_and_records_the_scale(university_root, tmp_path, monkeypatch):
     # 8 · 2^127 overflows float32 itself, as float16 gradients overflow at the default 2^16 on a GPU.
     monkeypatch.setattr(trainer, "grad_scaler",
@@ -109,6 +111,7 @@ def test_configure_precision_sets_the_flags_behind_its_label():
     assert configure_precision(torch.device("cpu"), amp=True, tf32=True) == "fp32"
 
 
+@pytest.mark.slow
 def test_evaluation_sets_the_precision_it_records(university_root, teacher_run, tmp_path):
     torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default for convolutions
     assert evaluate.main(["--name", teacher_run.name, "--checkpoint_dir", str(teacher_run.parent), "--test_dir",

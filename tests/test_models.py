@@ -42,6 +42,7 @@ def record_features(backbone):
 
 # --- registry ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_registry_lists_every_network_and_each_builds():
     assert sorted(STUDENTS + TEACHERS) == list_models()
     for name in list_models():
@@ -127,6 +128,7 @@ def test_bad_builder_options_are_value_errors_naming_the_option(name, options, m
 
 # --- students ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_student_starts_binary_unless_annealing_is_asked_for():
     torch.manual_seed(0)
     net = build_model("bicrossnet_bnext_tiny", 5)
@@ -139,6 +141,7 @@ def test_student_starts_binary_unless_annealing_is_asked_for():
     assert count_exact_binary(annealing)[0] == 0
 
 
+@pytest.mark.slow
 def test_student_at_256_wires_bnext_map_into_head():
     torch.manual_seed(0)
     net = build_model("bicrossnet_bnext_tiny", 5).eval()
@@ -156,6 +159,7 @@ def test_student_at_256_wires_bnext_map_into_head():
     torch.testing.assert_close(out[:, :, 0], gap)  # BNext has no forward_global: the head pools
 
 
+@pytest.mark.slow
 def test_student_small_input_train_and_forward_heads():
     torch.manual_seed(0)
     net = build_model("bicrossnet_bnext_tiny", 6, block=1)
@@ -197,6 +201,7 @@ def test_student_loads_official_bnext_checkpoint(tmp_path):
 
 # --- teachers ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_teacher_at_256_global_branch_is_layernorm_after_gap():
     torch.manual_seed(0)
     net = build_model("mccg_convnext_atto", 5).eval()
@@ -214,6 +219,7 @@ def test_teacher_at_256_global_branch_is_layernorm_after_gap():
     assert not torch.allclose(g, fmap.mean((2, 3)))
 
 
+@pytest.mark.slow
 def test_teacher_small_input_train_mode_and_eval_logits():
     torch.manual_seed(0)
     net = build_model("mccg_convnext_atto", 4)
@@ -281,6 +287,7 @@ def test_teacher_loads_original_convnext_checkpoint(tmp_path):
     assert_backbone_equals(build_model("mccg_convnext_atto", 5, backbone_weights=str(path)), state)
 
 
+@pytest.mark.slow
 def test_teacher_weight_errors_are_user_errors(tmp_path):
     femto_state = timm.create_model("convnext_femto", num_classes=0).state_dict()
     femto = tmp_path / "convnext_femto.pth"
@@ -339,6 +346,7 @@ def test_multi_view_net_shares_every_weight():
     torch.testing.assert_close(sat, net(x))
 
 
+@pytest.mark.slow
 def test_multi_view_net_accumulates_gradient_from_both_views():
     torch.manual_seed(0)
     net = build_model("mccg_convnext_atto", 4).eval()  # eval: deterministic, so each view can be replayed
@@ -362,6 +370,7 @@ def test_multi_view_net_accumulates_gradient_from_both_views():
 
 # --- finished runs -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_load_run_gives_the_trained_network_in_eval_mode(tmp_path):
     torch.manual_seed(0)
     trained = build_model("mccg_convnext_atto", 4, block=1)
@@ -379,6 +388,7 @@ def test_load_run_gives_the_trained_network_in_eval_mode(tmp_path):
     assert not torch.equal(load_run(tmp_path).head.classifiers[0].fc.weight, trained.head.classifiers[0].fc.weight)
 
 
+@pytest.mark.slow
 def test_input_size_probe_is_a_value_error_without_flags():
     torch.manual_seed(0)
     net = build_model("bicrossnet_bnext_tiny", 5).train()

@@ -15,7 +15,7 @@ from evaluation.features import check_scales, extract_features, fuse_branches, p
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval, evaluate_retrieval_loop
 from evaluation.records import latest_record, record_key
 from runs.checkpoints import load_trained_model
-from test_evaluate import SIZE, ToyBranchNet, assert_one_line_error, run_cli, write_run
+from helpers.evaluation_cli import SIZE, ToyBranchNet, assert_test_cli_error, run_cli, write_run
 
 BASE = f"last.pth/{SIZE}x{SIZE}"
 
@@ -91,6 +91,7 @@ def evaluated(tmp_path_factory, university_root):
     return run, outputs, json.loads((run / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_ms_and_multi_records_have_distinct_keys(evaluated):
     _, _, results = evaluated
     assert sorted(results) == sorted(f"university/Drone->Satellite/{query}{BASE}{scales}/flip/float/cpu-fp32"
@@ -101,6 +102,7 @@ def test_ms_and_multi_records_have_distinct_keys(evaluated):
     assert (both["query"], both["scales"]) == ("multi", [1.0, 1.5])
 
 
+@pytest.mark.slow
 def test_multi_query_metrics_equal_those_of_descriptors_pooled_by_hand(evaluated, university_root):
     run, outputs, results = evaluated
     mat = scipy.io.loadmat(run / "pytorch_result.mat")  # the single-query descriptors of the first call
@@ -118,6 +120,7 @@ def test_multi_query_metrics_equal_those_of_descriptors_pooled_by_hand(evaluated
     assert "summary" not in outputs[0]  # two results: no table (it is for more than two)
 
 
+@pytest.mark.slow
 def test_ms_metrics_equal_those_of_directly_computed_multi_scale_features(evaluated, university_root):
     run, outputs, results = evaluated
     model, _, _ = load_trained_model(run)
@@ -149,25 +152,28 @@ def test_record_keys_of_the_standard_protocol_are_unchanged_and_old_records_read
     assert latest_record(results, "sues", "Drone->Satellite", 150, query="multi") is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "-1", "1,,1.1", "abc", "1,1", "nan", "1,inf", ""])
 def test_bad_ms_values_are_one_line_errors(capsys, evaluated, university_root, value):
     run = evaluated[0]
-    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
                                    university_root / "test", "--ms", value], "--ms", "positive numbers")
 
 
+@pytest.mark.slow
 def test_scaled_size_the_network_cannot_take_is_one_line_error(capsys, evaluated, university_root, tmp_path):
     run = shutil.copytree(evaluated[0], tmp_path / "teacher")
     (run / "results.json").unlink()
-    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", tmp_path, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run.name, "--checkpoint_dir", tmp_path, "--test_dir",
                                    university_root / "test", "--ms", "1,0.0625"], "--ms 0.0625",
                           f"{SIZE}x{SIZE} input resized to 16x16", "cannot take 16x16")
     assert not (run / "results.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["1", "3", "4", "6"])
 def test_multi_without_drone_queries_is_refused(capsys, evaluated, university_root, mode):
     run = evaluated[0]
-    assert_one_line_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
+    assert_test_cli_error(capsys, ["--name", run.name, "--checkpoint_dir", run.parent, "--test_dir",
                                    university_root / "test", "--mode", mode, "--multi"], "--multi",
                           f"--mode {mode}", "2, 5, both or all")

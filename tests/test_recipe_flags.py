@@ -16,7 +16,7 @@ from training.original_flags import REFUSED_FLAGS
 from optim.unfreeze import hold_frozen_batchnorm
 from utils.errors import UserError
 
-from test_train import base_args, state
+from helpers.tiny_runs import base_args, state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,6 +98,7 @@ def test_frozen_bn_freeze_holds_the_statistics_of_frozen_layers_only():
     assert not net[1].training and net[2].training and net[0].training
 
 
+@pytest.mark.slow
 def test_frozen_bn_freeze_keeps_the_backbone_statistics_through_phase_one(university_root, tmp_path):
     common = ("--epochs", "1", "--bigradual_n1", "1", "--bigradual_n2", "1")
     assert train.main(base_args(university_root, tmp_path, "held", *common, "--frozen_bn", "freeze")) == 0
@@ -111,6 +112,7 @@ def test_frozen_bn_freeze_keeps_the_backbone_statistics_through_phase_one(univer
     assert all(not torch.equal(held[k], torch.zeros_like(held[k])) for k in head_means)  # the head trains
 
 
+@pytest.mark.slow
 def test_lion_schedule_start_delays_only_lions_milestones(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "late", "--epochs", "4", "--steps", "1", "--lr", "0.006",
                      "--bigradual_n1", "0", "--bigradual_n2", "0", "--lion_schedule_start", "2")
@@ -124,6 +126,7 @@ def test_lion_schedule_start_delays_only_lions_milestones(university_root, tmp_p
     assert lion == pytest.approx([0.001, 0.001, 0.001, 0.0001])
 
 
+@pytest.mark.slow
 def test_a_run_from_random_weights_says_so_in_the_log_and_opts(university_root, tmp_path):
     assert train.main(base_args(university_root, tmp_path, "random", "--epochs", "1")) == 0
     log = (tmp_path / "random" / "train.log").read_text()

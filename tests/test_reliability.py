@@ -31,21 +31,21 @@ import test as evaluate
 import train
 from training import trainer as trainer_module
 from training.trainer import Trainer
-from losses.objective import BiCrossNetLoss
 from models import build_model
 from models._helpers import nonfinite_entries
 from runs.checkpoints import load_checkpoint
 from utils.files import save_checkpoint
 from runs.claim import save_opts
+from helpers.errors import assert_one_line_error, exit_code
+from helpers.files import snapshot
+from helpers.tiny_runs import TEACHER, nan_on_calls, train_args
 
 REPO = Path(__file__).resolve().parents[1]
+# Fault injection trains and kills real runs: the whole module is slow (run by `make test`, not `make test-fast`).
+pytestmark = pytest.mark.slow
 # One intra-op thread everywhere: bit-exact comparisons between this process and subprocesses
 # need the same float summation order, and 2 cores shared by several processes run faster so.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-# The ConvNeXt teacher recipe is ~20x faster per step than the BNext student on CPU; the student
-# is used where its own state (Adam + Lion, binary constraints) matters.
-TEACHER = ("--model", "mccg_convnext_atto", "--optimizer", "sgd", "--lr", "0.01", "--bigradual_n1", "0",
-           "--bigradual_n2", "0")
 STUDENT = ("--bigradual_n1", "0", "--bigradual_n2", "1")
 
 # Runs train.main(argv) with one fault armed by the FAULT variable (see the file's docstring).
@@ -58,11 +58,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def train_args(data, ckpt, name, *extra):
-    return ["--name", name, "--checkpoint_dir", str(ckpt), "--data_dir", str(data), "--h", "32", "--w", "32",
-            "--batchsize", "3", "--num_workers", "0", "--device", "cpu", "--seed", "7", "--epochs", "2", *extra]
 
 
 def run_with_fault(fault, argv, **kwargs):
@@ -84,27 +79,6 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different[:5]
-
-
-def assert_one_line_error(stderr, *fragments):
-    """stderr ends with a single ``error: ...`` line holding ``fragments``, and shows no traceback
-    (progress bars before it are fine)."""
-    assert "error: " in stderr and "Traceback" not in stderr, stderr[-3000:]
-    line = stderr[stderr.rindex("error: "):].rstrip("\n")
-    assert "\n" not in line and "\r" not in line, line
-    for fragment in fragments:
-        assert str(fragment) in line, (fragment, line)
-
-
-def exit_code(argv, main=train.main):
-    try:
-        return main(argv)
-    except SystemExit as done:
-        return done.code
-
-
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def temporaries(folder):
@@ -264,24 +238,6 @@ def test_checkpoint_files_follow_the_umask(university_root, tmp_path):
 
 
 # --------------------------------------------------------------------------- numerical faults
-
-
-def nan_on_calls(monkeypatch, loss_calls=(), gradient_calls=()):
-    """Make BiCrossNetLoss return a NaN loss, or a finite loss with NaN gradients, on the given calls."""
-    real_forward, calls = BiCrossNetLoss.forward, []
-
-    def forward(self, student_views, *args):
-        total, terms = real_forward(self, student_views, *args)
-        calls.append(len(calls))
-        if calls[-1] in loss_calls:
-            total = total * float("nan")
-            terms = dict(terms, total=total.detach())
-        elif calls[-1] in gradient_calls:  # d sqrt(x)/dx is infinite at 0, and 0 * inf = NaN reaches the weights
-            feature = student_views[0][1][0]  # the satellite view's first branch feature
-            total = total + 0 * (feature - feature.detach()).pow(2).sum().sqrt()
-        return total, terms
-
-    monkeypatch.setattr(BiCrossNetLoss, "forward", forward)
 
 
 def test_nonfinite_steps_are_skipped_without_touching_weights_or_buffers(university_root, tmp_path, monkeypatch):

@@ -15,7 +15,9 @@ from runs.claim import RunClaim
 from training.trainer import Trainer
 from utils.errors import UserError
 
-from test_reliability import assert_one_line_error, exit_code, snapshot, train_args
+from helpers.errors import assert_one_line_error, exit_code
+from helpers.files import snapshot
+from helpers.tiny_runs import train_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +46,7 @@ def teacher_args(university_root, tmp_path, *extra):
                       "adam", "--bigradual_n1", "0", "--bigradual_n2", "0", *extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, fragment", [
     (["--data_dir", "/no/such/data"], "/no/such/data"),
     (["--h", "8", "--w", "8"], "--h 8 --w 8"),
@@ -61,6 +64,7 @@ def test_overwrite_that_fails_its_checks_keeps_the_old_run(finished, university_
     assert entries(tmp_path) == ["run"]
 
 
+@pytest.mark.slow
 def test_overwrite_that_fails_in_its_first_epoch_puts_the_old_run_back(finished, university_root, tmp_path,
                                                                       capsys, monkeypatch):
     run = copy_run(finished, tmp_path)
@@ -75,6 +79,7 @@ def test_overwrite_that_fails_in_its_first_epoch_puts_the_old_run_back(finished,
     assert entries(tmp_path) == ["run"]
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_run_once_the_new_one_has_a_checkpoint(finished, university_root, tmp_path):
     run = copy_run(finished, tmp_path)
     (run / "results.json").write_text("{}")
@@ -83,6 +88,7 @@ def test_overwrite_replaces_the_run_once_the_new_one_has_a_checkpoint(finished, 
     assert entries(tmp_path) == ["run"]
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_symlinked_run_replaces_the_link_and_spares_its_target(finished, university_root,
                                                                                 tmp_path):
     target = Path(shutil.copytree(finished, tmp_path / "elsewhere"))
@@ -100,6 +106,7 @@ def test_a_failed_start_leaves_no_empty_run_folder(university_root, tmp_path, mo
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(finished, university_root, tmp_path,
                                                                        capsys):
     run = copy_run(finished, tmp_path)
@@ -117,6 +124,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(finished
     assert train.main(teacher_args(university_root, tmp_path, "--resume", "--epochs", "3")) == 0
 
 
+@pytest.mark.slow
 def test_epoch_checkpoints_are_hard_links_and_keep_last_prunes(university_root, tmp_path):
     assert train.main(teacher_args(university_root, tmp_path, "--epochs", "3", "--save_every", "1",
                                    "--keep_last", "2")) == 0
@@ -144,6 +152,7 @@ def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
 
 
+@pytest.mark.slow
 def test_disk_full_inside_torch_save_is_one_line_and_keeps_the_last_checkpoint(finished, university_root,
                                                                               tmp_path):
     run = copy_run(finished, tmp_path)
@@ -157,6 +166,7 @@ def test_disk_full_inside_torch_save_is_one_line_and_keeps_the_last_checkpoint(f
     assert not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_non_utf8_file_name_skipped_reaches_the_log(university_root, tmp_path):
     data = Path(shutil.copytree(university_root / "train", tmp_path / "data"))
     folder = next((data / "drone").iterdir())

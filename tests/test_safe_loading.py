@@ -13,13 +13,8 @@ import train
 from runs import upgrade
 from training.state import rng_state
 from runs import convert
-
-from test_evaluate import load_cli
-from test_train import base_args, losses, state
-
-
-
-TEST_CLI = load_cli()
+from helpers.evaluation_cli import CLI as TEST_CLI
+from helpers.tiny_runs import base_args, losses, state
 
 
 class Payload:
@@ -69,6 +64,7 @@ def assert_refused(capsys, call, marker, path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_test_py_last_checkpoint(capsys, poisoned, university_root):
     run, marker = poisoned
     assert_refused(capsys, lambda: TEST_CLI.main(["--name", run.name, "--checkpoint_dir", str(run.parent),
@@ -76,6 +72,7 @@ def test_test_py_last_checkpoint(capsys, poisoned, university_root):
                    marker, run / "last.pth")
 
 
+@pytest.mark.slow
 def test_test_py_which_epoch(capsys, poisoned, university_root):
     run, marker = poisoned
     assert_refused(capsys, lambda: TEST_CLI.main(["--name", run.name, "--checkpoint_dir", str(run.parent),
@@ -91,12 +88,14 @@ def test_test_py_packed_file(capsys, tmp_path, university_root):
                    marker, packed)
 
 
+@pytest.mark.slow
 def test_train_py_resume(capsys, poisoned, university_root):
     run, marker = poisoned
     assert_refused(capsys, lambda: train.main(base_args(university_root, run.parent, run.name, "--resume",
                                                         "--epochs", "2")), marker, run / "last.pth")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_file", [False, True], ids=["directory", "file"])
 def test_teacher_path(capsys, poisoned, university_root, tmp_path, as_file):
     run, marker = poisoned
@@ -106,6 +105,7 @@ def test_teacher_path(capsys, poisoned, university_root, tmp_path, as_file):
                    marker, run / "last.pth")
 
 
+@pytest.mark.slow
 def test_export_py(capsys, poisoned):
     run, marker = poisoned
     assert_refused(capsys, lambda: export.main(["--name", run.name, "--checkpoint_dir", str(run.parent)]),
@@ -119,6 +119,7 @@ def test_original_checkpoint_converter(capsys, tmp_path):
                                                  str(tmp_path / "runs")]), marker, original)
 
 
+@pytest.mark.slow
 def test_new_checkpoints_load_weights_only(trained):
     checkpoint = torch.load(trained / "last.pth", map_location="cpu", weights_only=True)
     assert {"model", "optimizers", "schedulers", "rng", "history"} <= set(checkpoint)
@@ -134,6 +135,7 @@ def make_legacy(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
+@pytest.mark.slow
 def test_earlier_checkpoint_is_refused_then_upgraded_and_resumes_exactly(capsys, university_root, tmp_path):
     common = ("--epochs", "2", "--bigradual_n1", "1", "--bigradual_n2", "1", "--seed", "3")
     assert train.main(base_args(university_root, tmp_path, "full", *common)) == 0

@@ -12,13 +12,10 @@ from datasets.synthetic import MANIFEST, generate_sues, generate_university, mai
 from datasets.synthetic.layouts import JPEG_QUALITY
 from datasets.synthetic.scene import Stream, make_scene, place_rng
 from datasets.synthetic.street import render_google
+from helpers.files import names
 
 MICRO_UNIVERSITY = dict(train_places=2, test_places=2, distractor_places=1, drones_per_place=2, image_size=48)
 MICRO_SUES = dict(places=3, train_places=2, drones_per_place=2, image_size=48, altitudes=(150,))
-
-
-def names(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 def tree_bytes(root):

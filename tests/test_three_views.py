@@ -9,8 +9,8 @@ from datasets import CrossViewTrainSet, build_train_set
 from datasets.pairs import VIEWS
 from utils.errors import UserError
 
-from test_datasets import names, raw
-from test_train import base_args, losses, state
+from helpers.files import names, raw
+from helpers.tiny_runs import base_args, losses, state
 
 RAW3 = {view: T.PILToTensor() for view in VIEWS[3]}
 
@@ -88,6 +88,7 @@ def two_view_teacher(university_root, tmp_path_factory):
     return ckpt / "teacher"
 
 
+@pytest.mark.slow
 def test_a_two_view_teacher_is_refused_for_a_three_view_student_unless_allowed(
         university_root, tmp_path, two_view_teacher, capsys):
     args = base_args(university_root, tmp_path, "student", "--views", "3", "--epochs", "1", "--bigradual_n1", "0",
@@ -102,6 +103,7 @@ def test_a_two_view_teacher_is_refused_for_a_three_view_student_unless_allowed(
     assert all(kd > 0 for kd in losses(tmp_path / "student", "kd"))
 
 
+@pytest.mark.slow
 def test_three_view_training_distils_every_view_and_resumes_exactly(university_root, tmp_path):
     teacher = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "adam",
                         "--lr", "0.001", "--epochs", "1", "--views", "3", "--extra_Google")

@@ -1,6 +1,5 @@
 """train.py end to end on tiny synthetic data: losses fall, phases unfreeze in order, resume is exact,
 distillation and DDP run, checkpoints load weights-only, and bad flags fail with one clear line."""
-import csv
 import os
 import random
 import subprocess
@@ -18,24 +17,12 @@ from training.state import rng_state, seeded_rngs, set_rng_state
 from models import build_model
 from optim.partition import partition_parameters
 from utils.files import save_checkpoint
+from helpers.tiny_runs import base_args, losses, state
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def base_args(root, ckpt, name, *extra):
-    return ["--name", name, "--checkpoint_dir", str(ckpt), "--data_dir", str(root / "train"), "--h", "32",
-            "--w", "32", "--batchsize", "3", "--num_workers", "0", "--device", "cpu", *extra]
-
-
-def losses(run_dir, key="total"):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [float(row[key]) for row in csv.DictReader(f)]
-
-
-def state(run_dir, which="last.pth"):
-    return torch.load(run_dir / which, map_location="cpu", weights_only=True)["model"]
-
-
+@pytest.mark.slow
 def test_student_loss_decreases(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "student", "--epochs", "6", "--lr", "0.002",
                      "--bigradual_n1", "0", "--bigradual_n2", "0", "--no-autoaugment", "--erasing_p", "0")
@@ -48,6 +35,7 @@ def test_student_loss_decreases(university_root, tmp_path):
         {p.name for p in run.iterdir()}
 
 
+@pytest.mark.slow
 def test_teacher_loss_decreases_with_sgd_recipe(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
                      "--lr", "0.003", "--epochs", "6", "--sample_num", "2", "--bigradual_n1", "0", "--bigradual_n2",
@@ -57,6 +45,7 @@ def test_teacher_loss_decreases_with_sgd_recipe(university_root, tmp_path):
     assert totals[-1] < 0.9 * totals[0], totals
 
 
+@pytest.mark.slow
 def test_bigradual_phases_update_head_then_full_precision_then_binary(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "phases", "--epochs", "3", "--bigradual_n1", "1",
                      "--bigradual_n2", "2", "--save_every", "1", "--seed", "5")
@@ -84,6 +73,7 @@ def test_bigradual_phases_update_head_then_full_precision_then_binary(university
     assert log.index("phase 1") < log.index("phase 2") < log.index("phase 3")
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(university_root, tmp_path):
     # The resumed epoch enters phase 3, so resuming also crosses an unfreezing boundary.
     common = ("--bigradual_n1", "1", "--bigradual_n2", "1", "--steps", "1", "--seed", "3")
@@ -104,6 +94,7 @@ def draws():
     return random.random(), np.random.random(3).tolist(), np.random.normal(), torch.rand(3).tolist()
 
 
+@pytest.mark.slow
 def test_checkpoints_load_weights_only_with_the_rng_state(university_root, tmp_path):
     args = base_args(university_root, tmp_path, "run", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
                      "--epochs", "1", "--bigradual_n1", "0", "--bigradual_n2", "0")
@@ -157,6 +148,7 @@ def test_seeded_rngs_draws_from_the_value_and_leaves_every_other_stream_alone(mo
     assert inside == reference
 
 
+@pytest.mark.slow
 def test_distillation_from_a_teacher_run(university_root, tmp_path):
     teacher = base_args(university_root, tmp_path, "teacher", "--model", "mccg_convnext_atto", "--optimizer", "sgd",
                         "--lr", "0.01", "--epochs", "1", "--bigradual_n1", "0", "--bigradual_n2", "0")
@@ -173,6 +165,7 @@ def test_distillation_from_a_teacher_run(university_root, tmp_path):
         assert total == pytest.approx(ce + triplet + 2 * kd, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("views, port", [("2", "29533"), ("3", "29534")])
 def test_ddp_with_two_gloo_processes(university_root, tmp_path, views, port):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

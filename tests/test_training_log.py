@@ -16,7 +16,7 @@ from training.trainer import Trainer
 from training.training_log import duration, progress_enabled
 from runs.checkpoints import load_checkpoint
 
-from test_train import base_args
+from helpers.tiny_runs import base_args
 
 TEACHER = ("--model", "mccg_convnext_atto")
 EPOCH_LINE = re.compile(r"INFO epoch (\d+)/(\d+)  (.*)$")
@@ -98,6 +98,7 @@ def test_help_shows_both_recipes_defaults():
 # --------------------------------------------------------------------------- console and log
 
 
+@pytest.mark.slow
 def test_redirected_teacher_run_logs_one_clean_line_per_epoch(university_root, tmp_path, capsys, monkeypatch):
     """stderr is not a terminal: no progress bars; each epoch one line with the learning rate it
     used (the milestone at epoch 1 lowers epoch 2's), in %.3g form, and no binary-weight fields."""
@@ -138,6 +139,7 @@ def test_redirected_teacher_run_logs_one_clean_line_per_epoch(university_root, t
     assert {"lr", "steps", "epochs", "model"} <= set(opts["given_flags"]) and "optimizer" not in opts["given_flags"]
 
 
+@pytest.mark.slow
 def test_progress_bars_on_request(university_root, tmp_path, capsys):
     argv = base_args(university_root, tmp_path, "teacher", *TEACHER, "--epochs", "1", "--progress", "on")
     assert train.main(argv) == 0
@@ -156,6 +158,7 @@ def test_progress_modes_and_durations():
     assert duration(0) == "0:00:00" and duration(3723.4) == "1:02:03" and duration(90_061) == "1d 1:01:01"
 
 
+@pytest.mark.slow
 def test_student_log_numbers_epochs_from_one_everywhere(university_root, tmp_path, monkeypatch):
     """Phase changes, the interruption, the resume and the epoch lines all count epochs from 1, as
     metrics.csv does; the student's records keep its binary-weight fields."""
@@ -182,6 +185,7 @@ def test_student_log_numbers_epochs_from_one_everywhere(university_root, tmp_pat
 # --------------------------------------------------------------------------- TensorBoard
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_match_metrics_csv_and_resume_appends(university_root, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     argv = base_args(university_root, tmp_path, "teacher", *TEACHER, "--epochs", "2", "--tensorboard")
@@ -222,12 +226,14 @@ def two_worker_reference(university_root, tmp_path_factory):
     return ckpt / "run", starts
 
 
+@pytest.mark.slow
 def test_workers_start_once_per_run_and_end_with_it(two_worker_reference):
     _, starts = two_worker_reference
     assert starts == [2]
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.slow
 def test_batches_do_not_depend_on_the_number_of_workers(university_root, tmp_path, two_worker_reference):
     reference, _ = two_worker_reference
     assert train.main(base_args(university_root, tmp_path, "run", *TEACHER, "--epochs", "3", "--seed", "9")) == 0
@@ -235,6 +241,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(university_root, tmp_pat
     assert same_weights(tmp_path / "run" / "last.pth", reference / "last.pth")
 
 
+@pytest.mark.slow
 def test_resume_with_persistent_workers_is_exact(university_root, tmp_path, two_worker_reference, monkeypatch):
     """Stopped in the middle of epoch 2 of 3 with 2 workers alive since epoch 1, the resumed run
     (new workers, the epoch's first batch left out) ends with the uninterrupted run's weights."""

@@ -38,7 +38,9 @@ PRESETS: Dict[str, Dict[str, object]] = {
     "release": {"h": 384, "w": 384, "head_input": "pooled", "kd_mode": "mse", "bigradual_n1": 0, "bigradual_n2": 21,
                 "lion_schedule_start": 31},
 }
-RUNTIME_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite") + RESUME_OVERRIDES
+# Flags that say how this process starts, never taken from the run's saved ones.
+LAUNCH_FLAGS = ("name", "checkpoint_dir", "resume", "overwrite")
+RUNTIME_FLAGS = LAUNCH_FLAGS + RESUME_OVERRIDES
 POSITIVE_FLAGS = ("batchsize", "epochs", "h", "w", "sample_num", "max_bad_steps")
 NON_NEGATIVE_FLAGS = ("num_workers", "save_every", "keep_last", "temperature_decay")
 
@@ -82,6 +84,7 @@ def merge_saved_opts(args: argparse.Namespace, given: set) -> argparse.Namespace
                         f"only, no training state to resume; evaluate it (test.py), export it, or distil from it "
                         f"(--teacher_path)")
     saved = opts.get("args", {})
+    _check_saved_types(saved, vars(args), opts_path)
     conflicts = [f"--{key} {getattr(args, key)!r} (run: {saved[key]!r})" for key in sorted(given)
                  if key not in RUNTIME_FLAGS and key in saved and getattr(args, key) != saved[key]]
     if conflicts:
@@ -89,12 +92,32 @@ def merge_saved_opts(args: argparse.Namespace, given: set) -> argparse.Namespace
                         f"differ from it: {', '.join(conflicts)}; drop them, or start a new run with another --name")
     merged = vars(args).copy()
     for key, value in saved.items():
-        if key in merged and not (key in RUNTIME_FLAGS and key in given):
+        if key in merged and key not in LAUNCH_FLAGS and not (key in RUNTIME_FLAGS and key in given):
             merged[key] = value
     merged["resume"] = True
     merged = argparse.Namespace(**merged)
     apply_recipe_defaults(merged, given | set(saved))
     return merged
+
+
+def _same_kind(saved, current) -> bool:
+    """Could ``saved`` be a value of the flag whose current (parsed or default) value is ``current``?"""
+    if saved is None or current is None:
+        return True
+    if isinstance(current, bool) or isinstance(saved, bool):
+        return isinstance(current, bool) and isinstance(saved, bool)
+    if isinstance(current, (int, float)):
+        return isinstance(saved, (int, float)) and (isinstance(current, float) or isinstance(saved, int))
+    return isinstance(saved, type(current))
+
+
+def _check_saved_types(saved: dict, current: dict, opts_path: Path) -> None:
+    """The saved flags of an opts.yaml must have their flags' types (an edited or planted file could
+    hold ``epochs: '30'``); one line naming the first that does not."""
+    for key, value in saved.items():
+        if key in current and not _same_kind(value, current[key]):
+            raise UserError(f"{opts_path}: args.{key} is {value!r}, expected a value of type "
+                            f"{type(current[key]).__name__} like {current[key]!r}")
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -145,6 +168,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is None:
             continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"--{flag} must be a number, got {value!r}")
         inside = (value >= low if low_included else value > low) and value <= high and math.isfinite(value)
         if not inside:
             bound = f"{'>=' if low_included else '>'} {low}" + (f" and <= {high}" if high != math.inf else "")

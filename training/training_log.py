@@ -4,12 +4,15 @@ import csv
 import io
 import logging
 import logging.handlers
+import os
+import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, TextIO
 
-from utils.files import atomic_write_bytes, atomic_write_text
+from utils.errors import UserError
+from utils.files import atomic_write_bytes, atomic_write_text, open_no_follow
 
 METRICS_FILE = "metrics.csv"
 LOG_FILE = "train.log"
@@ -58,9 +61,17 @@ def setup_logger(is_main: bool) -> logging.Logger:
     return logging.getLogger("bicrossnet")
 
 
+class _AppendHandler(logging.FileHandler):
+    """A log file opened for appending without following a symbolic link planted in its place."""
+
+    def _open(self):
+        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def attach_log_file(run_dir: Path) -> None:
     """Write the held records and everything after them to ``run_dir/train.log``."""
-    file_handler = _handler(logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8"))
+    file_handler = _handler(_AppendHandler(Path(run_dir) / LOG_FILE, encoding="utf-8"))
     for name in _LOGGERS:
         target = logging.getLogger(name)
         for held in [h for h in target.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
@@ -190,13 +201,19 @@ class TensorBoardLog:
     """metrics.csv's columns as TensorBoard scalars under ``run_dir/tensorboard/``, one step per epoch.
 
     ``purge_step``: a resumed run's first epoch to write; TensorBoard drops the events an earlier
-    session wrote from that step on, so the curves do not double back.
+    session wrote from that step on, so the curves do not double back. Each event file's name ends
+    in a random suffix, so nobody can plant a link under the name it will have; a ``tensorboard``
+    folder that is itself a link is refused.
     """
 
     def __init__(self, run_dir: Path, purge_step: Optional[int] = None):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package; only on request
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step)
+        folder = Path(run_dir) / TENSORBOARD_DIR
+        if folder.is_symlink():
+            raise UserError(f"{folder} is a symbolic link; refusing to write through it (remove the link)")
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step,
+                                    filename_suffix=f".{secrets.token_hex(8)}")
 
     def add(self, row: Dict) -> None:
         for tag, value in row_scalars(row).items():

@@ -8,6 +8,7 @@ a power cut. A process killed between the write and the rename leaves only the t
 which :func:`remove_temporaries` clears on the next start.
 """
 import contextlib
+import errno
 import fcntl
 import os
 import pickle
@@ -23,6 +24,21 @@ from .errors import UserError, first_line
 
 PathLike = Union[str, os.PathLike]
 TEMPORARY_GLOB = ".*.tmp"
+
+
+def open_no_follow(path: PathLike, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that refuses a symbolic link as the last part of ``path`` (``O_NOFOLLOW``).
+
+    Files created, appended or locked in a run folder are opened this way: whoever can write into
+    a shared checkpoint folder could otherwise plant a link there and have a run overwrite or
+    append to a file of theirs choosing. A link is refused with one line naming it.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link; refusing to write through it (remove the link)") from None
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -111,11 +127,12 @@ def link_or_copy(source: PathLike, target: PathLike) -> None:
     _fsync_dir(target.parent)
 
 
-def read_torch_file(path: PathLike, what: str = "file", map_location="cpu") -> object:
-    """``torch.load`` restricted to tensors, numbers, strings and containers (``weights_only``).
+def check_torch_archive(path: PathLike, what: str = "file") -> None:
+    """Refuse a file that is not a zip archive of stored (uncompressed) members fitting in the file.
 
-    A pickle that needs anything else could run code while it loads, whoever made the file, so
-    it is refused. ``what`` names the file's role in the one-line errors ("checkpoint", ...).
+    ``torch.save`` never compresses, so a compressed member is foreign; refusing it before
+    ``torch.load`` inflates anything bounds the memory a file can claim by its own size (a small
+    file of DEFLATE members could otherwise expand to gigabytes before being refused).
     """
     path = Path(path)
     if not path.is_file():
@@ -123,13 +140,34 @@ def read_torch_file(path: PathLike, what: str = "file", map_location="cpu") -> o
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is damaged or foreign
         raise UserError(f"{what} {path} is unreadable (truncated or not a PyTorch file)")
     try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(f"{what} {path} is unreadable (truncated or not a PyTorch file): {first_line(err)}") from None
+    if any(member.compress_type != zipfile.ZIP_STORED for member in members):
+        raise UserError(f"{what} {path} holds compressed members, which torch.save never writes; not loaded")
+    if sum(member.file_size for member in members) > path.stat().st_size:
+        raise UserError(f"{what} {path} declares more data than the file holds (damaged or crafted); not loaded")
+
+
+def read_torch_file(path: PathLike, what: str = "file", map_location="cpu", upgradable: bool = False) -> object:
+    """``torch.load`` restricted to tensors, numbers, strings and containers (``weights_only``).
+
+    A pickle that needs anything else could run code while it loads, whoever made the file, so
+    it is refused. ``what`` names the file's role in the one-line errors ("checkpoint", ...);
+    ``upgradable`` (run checkpoints only) adds how a checkpoint of an earlier version converts.
+    """
+    path = Path(path)
+    check_torch_archive(path, what)
+    try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise UserError(f"{what} {path} is unreadable ({first_line(err)})") from None
+        hint = (f"; if it is a run checkpoint of an earlier version of this project, `python -m runs.upgrade {path}` "
+                f"converts it without running any code from it") if upgradable else ""
         raise ExecutableContentError(f"{what} {path} holds executable content (pickled Python objects beyond tensors, "
-                        f"numbers, strings and containers) and is not loaded; a checkpoint of an earlier version "
-                        f"of this project that you trust converts once with `python -m runs.upgrade {path}`") from None
+                                     f"numbers, strings and containers) and is not loaded{hint}") from None
     except Exception as err:  # torch raises several types for truncated or non-torch files
         raise UserError(f"{what} {path} is unreadable (truncated or not a PyTorch file): {first_line(err)}") from None
 
@@ -140,9 +178,9 @@ def locked(path: PathLike) -> Iterator[None]:
 
     Used around read-modify-write of a shared file, so two processes updating it at once both
     keep their changes. The kernel drops the lock when its holder dies: a killed process never
-    leaves it held.
+    leaves it held. A symbolic link at ``path`` is refused, not followed.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -60,6 +60,10 @@ def _prepare_output(out) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; expected a folder for the synthetic dataset")
+    links = [out / split for split in ("train", "test") if (out / split).is_symlink()]
+    if links:
+        raise UserError(f"{links[0]} is a symbolic link; refusing to replace what it points to (remove the link, or "
+                        f"choose another --out)")
     previous = [out / split for split in ("train", "test") if (out / split).exists()]
     if previous and not (out / MANIFEST).is_file():
         raise UserError(f"{out} already holds {previous[0].name}/ that this generator did not write (no "

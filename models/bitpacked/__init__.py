@@ -6,9 +6,15 @@ outputs equal the float network's bit for bit (docs/method.md §9, :mod:`.networ
 ``runs.packed.load_packed(path, engine="bitpacked")`` loads a packed file straight into it. The C++ ops
 build on first use (:mod:`.build`); without a compiler the engine warns once and the float network
 is used.
+
+``convert(model, engine="fused")`` (``engine="fused"`` in ``load_packed``) runs the faster network
+of :mod:`.fused`, whose full-precision tail is fused C++ that rounds differently: its features are
+close to the float network's, not equal (docs/engine_speed.md).
 """
 from .build import ISA_VARIABLE, active_isa, available, peak_binary_macs, set_isa, supported_isas
-from .network import DEFAULT_MICRO_BATCH, PackedBNext, convert
+from .engines import ENGINE_NAMES, convert
+from .fused import FUSED_MICRO_BATCH, FusedBNext
+from .network import DEFAULT_MICRO_BATCH, PackedBNext
 
-__all__ = ["DEFAULT_MICRO_BATCH", "ISA_VARIABLE", "PackedBNext", "active_isa", "available", "convert",
-           "peak_binary_macs", "set_isa", "supported_isas"]
+__all__ = ["DEFAULT_MICRO_BATCH", "ENGINE_NAMES", "FUSED_MICRO_BATCH", "FusedBNext", "ISA_VARIABLE", "PackedBNext",
+           "active_isa", "available", "convert", "peak_binary_macs", "set_isa", "supported_isas"]

@@ -27,10 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..bicrossnet import BiCrossNet
 from ..binary import BinaryConv2d, ReCUConv2d
 from ..bnext import BinaryUnit, BNext, BNextBlock, ELMAttentionUnit
-from .build import load_ops
 
 # Images per pass through the backbone: 2 keeps a unit's maps (<= 2 x 4 MiB at 256x256) in the
 # L2/L3 caches while amortising the per-op overhead over two images.
@@ -197,20 +195,3 @@ class PackedBNext(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-
-def convert(model: nn.Module, micro_batch: int = DEFAULT_MICRO_BATCH) -> nn.Module:
-    """Inference copy of a BNext student (a BiCrossNet on BNext, or a bare BNext) on packed bits.
-
-    The original model is left as it is. Where the engine cannot be built this warns once and
-    returns ``model`` itself, in eval mode: the float path. Any other network is a ValueError.
-    """
-    backbone = model.backbone if isinstance(model, BiCrossNet) else model
-    if not isinstance(backbone, BNext):
-        raise ValueError(f"the bitpacked engine runs BNext students; {type(backbone).__name__} is not one")
-    ops = load_ops()
-    if ops is None:
-        return model.eval()
-    packed = PackedBNext(ops, backbone, micro_batch)
-    if backbone is model:
-        return packed
-    return BiCrossNet(packed, copy.deepcopy(model.head)).eval()

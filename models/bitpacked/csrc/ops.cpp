@@ -1,5 +1,5 @@
 // Torch-facing ops of the bit-packed engine: argument checks, ISA choice, weight packing, and the
-// split of each op into work items for at::parallel_for (so torch.set_num_threads governs it).
+// split of each op into chunks for the engine's work pool (work_pool.h; torch.set_num_threads sets its size).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -14,7 +15,9 @@
 #include <tuple>
 #include <vector>
 
+#include "fused.h"
 #include "kernels.h"
+#include "work_pool.h"
 
 namespace bitpacked {
 namespace {
@@ -56,6 +59,31 @@ class AlignedWords {
   std::unique_ptr<uint64_t[]> storage_;
 };
 
+// Calls body(begin, end) over [0, items) in chunks of `chunk` items on the engine's work pool
+// (work_pool.h), with torch's thread count; inline inside another parallel region.
+template <typename Body>
+void dynamic_for(int64_t items, int64_t chunk, const Body& body) {
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  WorkPool::instance().run(items, chunk, threads, body);
+}
+
+// A 64-byte aligned scratch array of the calling thread, reused across calls.
+uint64_t* thread_scratch(int64_t words) {
+  thread_local std::unique_ptr<AlignedWords> scratch;
+  thread_local int64_t size = 0;
+  if (words > size) {
+    scratch = std::make_unique<AlignedWords>(words);
+    size = words;
+  }
+  return scratch->data();
+}
+
+// Chunk size giving each thread about kChunksPerThread chunks, and at least `least` items each.
+constexpr int64_t kChunksPerThread = 8;
+int64_t chunk_for(int64_t items, int64_t least) {
+  return std::max<int64_t>(least, items / (kChunksPerThread * at::get_num_threads()));
+}
+
 int64_t words_for(int64_t channels) { return (channels + 63) / 64; }
 
 void check_vector(const at::Tensor& t, int64_t n, const char* what) {
@@ -75,8 +103,8 @@ at::Tensor pack(const at::Tensor& x, const at::Tensor& bias) {
                       reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), c, words, h * w};
   const PackFn fn = active().pack;
   const int64_t blocks = n * ((h * w + kPackPixels - 1) / kPackPixels);
-  const int64_t grain = c >= 1024 ? 1 : 1024 / c;  // about 16K values per chunk
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+  const int64_t grain = c >= 1024 ? 1 : 1024 / c;  // at least about 16K values per chunk
+  dynamic_for(blocks, chunk_for(blocks, grain), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
   return bits;
 }
 
@@ -133,9 +161,8 @@ at::Tensor conv(const at::Tensor& bits, const at::Tensor& weight, const at::Tens
   const int64_t chunks = (out_channels + per_chunk - 1) / per_chunk;
   const int64_t buffer_words = kernel * kernel * bits.size(3) * kTilePixels;
   const ConvFn fn = active().conv;
-  at::parallel_for(0, tiles * chunks, 1, [&](int64_t begin, int64_t end) {
-    AlignedWords buffer(buffer_words);
-    fn(args, ConvWork{begin, end, chunks, per_chunk}, buffer.data());
+  dynamic_for(tiles * chunks, chunk_for(tiles * chunks, 1), [&](int64_t begin, int64_t end) {
+    fn(args, ConvWork{begin, end, chunks, per_chunk}, thread_scratch(buffer_words));
   });
   return out;
 }
@@ -208,4 +235,99 @@ TORCH_LIBRARY(bicrossnet_bitpacked, m) {
   m.def("pack_weight", &bitpacked::pack_weight);
   m.def("conv", &bitpacked::conv);
   m.def("peak", &bitpacked::peak);
+}
+
+// The fused engine's full-precision tail (fused.h): its ISA follows the active binary kernels'.
+namespace bitpacked {
+namespace {
+
+FusedIsa active_fused() {
+  const std::string name = active().name;
+#if defined(__x86_64__)
+  if (name == "avx512") return fused_avx512();
+  if (name == "avx2") return fused_avx2();
+#endif
+  return fused_portable();
+}
+
+void check_map(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
+              what, " must be a contiguous 4-d float CPU tensor");
+}
+
+// (N, C) means of mix_x * pool(x) + mix_z * z over each plane: the SE gate's input.
+at::Tensor tail_means(const at::Tensor& x, const at::Tensor& z, const at::Tensor& mix_x, const at::Tensor& mix_z) {
+  check_map(x, "tail_means: x");
+  check_map(z, "tail_means: z");
+  const int64_t n = z.size(0), c = z.size(1);
+  TORCH_CHECK(x.size(0) == n && x.size(1) == c, "tail_means: x and z must have the same images and channels");
+  check_vector(mix_x, c, "tail_means: mix_x");
+  check_vector(mix_z, c, "tail_means: mix_z");
+  at::Tensor means = at::empty({n, c}, z.options());
+  const MeansArgs args{x.data_ptr<float>(), z.data_ptr<float>(), mix_x.data_ptr<float>(), mix_z.data_ptr<float>(),
+                       means.data_ptr<float>(), c, x.size(2) * x.size(3), z.size(2) * z.size(3)};
+  const MeansFn fn = active_fused().means;
+  const int64_t least = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.x_plane + args.z_plane));
+  dynamic_for(n * c, chunk_for(n * c, least), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+  return means;
+}
+
+// Writes the unit's output into channels [offset, offset + C) of `out` (see TailArgs: x is the
+// unit's input, twice z's height and width where `pooled`); with a
+// non-empty `move` (the next unit's LearnableBias) it also returns the output's packed signs, each
+// pixel range packed right after it is written, while it is still in cache. Empty `slope`: none.
+at::Tensor tail(const at::Tensor& z, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& scale,
+                const at::Tensor& shift, const at::Tensor& slope, bool elm, bool pooled, const at::Tensor& out,
+                int64_t offset, const at::Tensor& move) {
+  check_map(z, "tail: z");
+  check_map(x, "tail: x");
+  check_map(out, "tail: out");
+  const int64_t factor = pooled ? 2 : 1;
+  TORCH_CHECK(x.size(0) == z.size(0) && x.size(1) == z.size(1) && x.size(2) == factor * z.size(2) &&
+              x.size(3) == factor * z.size(3), "tail: x must have z's images, channels and ", factor,
+              "x its height and width");
+  const int64_t n = z.size(0), c = z.size(1), plane = z.size(2) * z.size(3);
+  TORCH_CHECK(out.size(0) == n && out.size(2) == z.size(2) && out.size(3) == z.size(3) && offset >= 0 &&
+              offset + c <= out.size(1), "tail: out must hold channels [offset, offset + C) of z's maps");
+  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == n && gate.size(1) == c && gate.is_contiguous() &&
+              gate.scalar_type() == at::kFloat, "tail: gate must be a contiguous (N, C) float tensor");
+  check_vector(scale, c, "tail: scale");
+  check_vector(shift, c, "tail: shift");
+  if (slope.numel()) check_vector(slope, c, "tail: slope");
+  const bool packs = move.numel() > 0;
+  if (packs) {
+    check_vector(move, c, "tail: move");
+    TORCH_CHECK(offset == 0 && out.size(1) == c, "tail: packing needs the whole output map");
+  }
+  const TailArgs args{z.data_ptr<float>(), x.data_ptr<float>(), gate.data_ptr<float>(), scale.data_ptr<float>(),
+                      shift.data_ptr<float>(), slope.numel() ? slope.data_ptr<float>() : nullptr,
+                      out.data_ptr<float>(), c, plane, z.size(3), out.size(1), offset, elm, pooled};
+  const int64_t words = words_for(c);
+  at::Tensor bits = at::empty({packs ? n : 0, z.size(2), z.size(3), words}, z.options().dtype(at::kLong));
+  const PackArgs pack_args{out.data_ptr<float>(), packs ? move.data_ptr<float>() : nullptr,
+                           reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), c, words, plane};
+  // Pixels per item: a multiple of the packing block, about 16K values of each map.
+  const int64_t pixels = std::max<int64_t>(kPackPixels, 16384 / c / kPackPixels * kPackPixels);
+  const int64_t per_image = (plane + pixels - 1) / pixels, blocks = (plane + kPackPixels - 1) / kPackPixels;
+  const TailFn fn = active_fused().tail;
+  const PackFn pack_fn = active().pack;
+  dynamic_for(n * per_image, chunk_for(n * per_image, 1), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t image = item / per_image, p0 = item % per_image * pixels;
+      const int64_t p1 = std::min(p0 + pixels, plane);
+      fn(args, image, p0, p1);
+      if (packs) {
+        pack_fn(pack_args, image * blocks + p0 / kPackPixels, image * blocks + (p1 + kPackPixels - 1) / kPackPixels);
+      }
+    }
+  });
+  return bits;
+}
+
+}  // namespace
+}  // namespace bitpacked
+
+TORCH_LIBRARY_FRAGMENT(bicrossnet_bitpacked, m) {
+  m.def("tail_means", &bitpacked::tail_means);
+  m.def("tail", &bitpacked::tail);
 }
