@@ -5,12 +5,14 @@ docs/evaluation.md explains directions, --ms, --multi, the results keys and the 
     python test.py --name RUN --test_dir data/University-1652/test [--mode both]
     python test.py --name RUN --test_dir data/University-1652/test --mode all --multi
     python test.py --name RUN --test_dir data/SUES-200/test --altitude all
+    python test.py --name RUN --test_dir data/University-1652/test --descriptor binary
     python test.py --packed checkpoints/RUN/last_packed.pt --engine bitpacked --test_dir data/University-1652/test
 """
 import argparse
 import math
 
 from datasets import AERIAL_MODES, BAD_IMAGE_MODES, DATASET_MODES, DRONE_QUERY_MODES, MODE_NAMES, MODES, SUES_ALTITUDES
+from evaluation.binary_codes import DESCRIPTORS
 from evaluation.driver import run
 from evaluation.features import check_scales
 from runs.packed import ENGINES
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true",
                    help="float16 autocast for feature extraction on CUDA (default: full float32)")
     p.add_argument("--no_flip", action="store_true", help="skip the horizontal-flip test-time augmentation")
+    p.add_argument("--descriptor", default="float", choices=DESCRIPTORS,
+                   help="float: the protocol's dot product of float descriptors; binary: the sign of each dimension "
+                        "packed to bits (192 bytes for 1,536 dims), ranked by Hamming distance, ties in gallery "
+                        "order; recorded under its own results key")
     p.add_argument("--export_mat", action="store_true", help="also write the features as pytorch_result*.mat")
     p.add_argument("--visualize", type=int, default=0, metavar="K",
                    help="save a PNG of K queries with their top-10 gallery images (0: none)")

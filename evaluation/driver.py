@@ -23,9 +23,10 @@ from runs.packed import load_packed
 from utils.device import configure_precision, device_label, resolve_device
 from utils.errors import UserError
 
+from .binary_codes import binarize, evaluate_descriptors
 from .features import extract_features, pool_queries, scaled_size
 from .matfile import export_mat
-from .metrics import count_unmatched, evaluate_retrieval, format_metrics
+from .metrics import count_unmatched, format_metrics
 from .records import RESULTS_FILE, load_results, record_result, scales_label
 from .visualize import save_retrieval_grid
 
@@ -132,7 +133,7 @@ def run(args) -> int:
     check_sizes(model, h, w, args.scales, args.sides, source.opts["model"])
     common = dict(dataset=dataset, checkpoint=source.name, epoch=source.epoch, h=h, w=w, flip=not args.no_flip,
                   scales=list(args.scales), query="single", engine=source.engine, device=device_label(device),
-                  precision=precision, test_dir=str(Path(args.test_dir).resolve()))
+                  precision=precision, descriptor=args.descriptor, test_dir=str(Path(args.test_dir).resolve()))
     try:
         table = evaluate_plan(model, test_sets, args, device, results_path, common)
     except KeyboardInterrupt:
@@ -158,9 +159,10 @@ def extract(model, images, args, device, desc: str):
     return features
 
 
-def score(qf, query_labels, gf, gallery_labels, device, queries: str = "queries") -> dict:
-    """Metrics of query descriptors against gallery descriptors, with the count of unmatched queries."""
-    metrics = evaluate_retrieval(qf.to(device), query_labels, gf.to(device), gallery_labels)
+def score(qf, query_labels, gf, gallery_labels, device, descriptor: str, queries: str = "queries") -> dict:
+    """Metrics of query descriptors against gallery descriptors, ranked by dot product (float) or by
+    the Hamming distance of their sign codes (binary), with the count of unmatched queries."""
+    metrics = evaluate_descriptors(qf, query_labels, gf, gallery_labels, descriptor, device)
     unmatched = count_unmatched(query_labels, gallery_labels)
     if unmatched:
         print(f"note: {unmatched} of {len(query_labels)} {queries} have no match in the gallery; "
@@ -173,19 +175,20 @@ def evaluate_direction(model, sets, args, device) -> tuple:
     query_set, gallery_set = sets
     qf = extract(model, query_set, args, device, "query")
     gf = extract(model, gallery_set, args, device, "gallery")
-    return qf, gf, score(qf, query_set.labels, gf, gallery_set.labels, device)
+    return qf, gf, score(qf, query_set.labels, gf, gallery_set.labels, device, args.descriptor)
 
 
 def evaluate_plan(model, test_sets: dict, args, device, results_path: Path, common: dict) -> dict:
     """Evaluate every (altitude, direction), recording each as soon as it is done; returns the
     metrics by (altitude, table column)."""
     table = {}
-    scales = "" if args.scales == (1.0,) else f", scales {scales_label(args.scales)}"
+    notes = "" if args.scales == (1.0,) else f", scales {scales_label(args.scales)}"
+    notes += ", binary descriptors" if args.descriptor == "binary" else ""
     for (altitude, mode), sets in test_sets.items():
         where = f" {altitude} m" if altitude is not None else ""
         print(f"{DATASET_TITLES[common['dataset']]}{where} {MODE_NAMES[mode]}: {len(sets[0])} queries, "
               f"{len(sets[1])} gallery images ({results_path.parent.name}/{common['checkpoint']}, "
-              f"{common['device']}, {common['precision']}{scales})")
+              f"{common['device']}, {common['precision']}{notes})")
         qf, gf, metrics = evaluate_direction(model, sets, args, device)
         record = dict(common, altitude=altitude, direction=MODE_NAMES[mode], num_gallery=len(sets[1]))
         table[altitude, MODE_NAMES[mode]] = save_result(results_path, record, metrics, num_queries=len(sets[0]))
@@ -194,7 +197,7 @@ def evaluate_plan(model, test_sets: dict, args, device, results_path: Path, comm
             pooled, places = pool_queries(qf, sets[0].labels)
             print(f"{MODE_NAMES[mode]} multi-query: {len(places)} places, each one query pooled from its "
                   f"drone images")
-            metrics = score(pooled, places, gf, sets[1].labels, device, "places")
+            metrics = score(pooled, places, gf, sets[1].labels, device, args.descriptor, "places")
             table[altitude, f"{MODE_NAMES[mode]} multi-query"] = save_result(
                 results_path, dict(record, query="multi"), metrics, num_queries=len(places),
                 num_query_images=len(sets[0]))
@@ -216,6 +219,8 @@ def save_extras(args, run_dir: Path, tag: str, several: bool, sets, qf, gf) -> N
         export_mat(run_dir / (f"pytorch_result_{tag}.mat" if several else "pytorch_result.mat"),
                    query_set, qf, gallery_set, gf)
     if args.visualize:
+        if args.descriptor == "binary":  # +-1 vectors: the dot product ranks as the Hamming distance
+            qf, gf = binarize(qf), binarize(gf)
         save_retrieval_grid(run_dir / f"retrieval_{tag}.png", query_set.paths, query_set.labels, qf,
                             gallery_set.paths, gallery_set.labels, gf, num_queries=args.visualize)
 

@@ -1,16 +1,18 @@
 """``results.json``: every evaluation of a run, each under its own key, kept side by side.
 
 A key names everything that changes the numbers — dataset and altitude, direction, single or
-multi-query, checkpoint, input size, test scales, flip TTA, engine, device and precision — so
+multi-query, checkpoint, input size, test scales, flip TTA, engine, device, precision and
+descriptor kind (float, or binary codes ranked by Hamming distance) — so
 evaluating at another size, from a packed file or in another precision adds a record instead of
 replacing one. Each record also carries the test folder and the time. Several ``test.py``
 processes may evaluate one run at once: records are merged into the file under an exclusive lock
 and written atomically, so no process drops another's results and a reader never sees a
 half-written file.
 
-Records written before multi-scale and multi-query tests existed have no ``scales`` or ``query``
-field; they are read as the standard protocol (``scales`` [1.0], ``query`` "single"), which is also
-what their keys, unchanged for that protocol, say.
+Records written before multi-scale tests, multi-query tests and binary descriptors existed have no
+``scales``, ``query`` or ``descriptor`` field; they are read as the standard protocol (``scales``
+[1.0], ``query`` "single", ``descriptor`` "float"), which is also what their keys, unchanged for
+that protocol, say.
 """
 import json
 from pathlib import Path
@@ -23,8 +25,8 @@ RESULTS_FILE = "results.json"
 LOCK_SUFFIX = ".lock"
 
 
-# The standard protocol: one query per image, descriptors at the input size only.
-DEFAULT_FIELDS = {"query": "single", "scales": [1.0]}
+# The standard protocol: one query per image, float descriptors at the input size only.
+DEFAULT_FIELDS = {"query": "single", "scales": [1.0], "descriptor": "float"}
 
 
 def scales_label(scales) -> str:
@@ -34,11 +36,12 @@ def scales_label(scales) -> str:
 
 def record_key(record: dict) -> str:
     """``university/Drone->Satellite/last.pth/256x256/flip/float/cpu-fp32`` (the altitude follows a
-    SUES-200 dataset name: ``sues/150/...``; the last part is the device type and precision).
+    SUES-200 dataset name: ``sues/150/...``; then come the engine, the device type and precision).
 
     Only where a record departs from the standard protocol does its key say so: ``multi-query``
-    after the direction, and the scales after the size (``256x256/ms1,1.1``), so that keys of
-    standard evaluations are those of files written before these options existed.
+    after the direction, the scales after the size (``256x256/ms1,1.1``) and a descriptor kind
+    other than float at the end (``.../cpu-fp32/binary``), so that keys of standard evaluations are
+    those of files written before these options existed.
     """
     record = dict(DEFAULT_FIELDS, **record)
     parts = [record["dataset"]] + ([str(record["altitude"])] if record.get("altitude") is not None else [])
@@ -47,6 +50,7 @@ def record_key(record: dict) -> str:
     parts += [f"ms{scales_label(record['scales'])}"] if list(map(float, record["scales"])) != [1.0] else []
     parts += ["flip" if record["flip"] else "noflip", record["engine"],
               f"{record['device'].split()[0]}-{record['precision']}"]
+    parts += [record["descriptor"]] if record["descriptor"] != "float" else []
     return "/".join(parts)
 
 
@@ -101,8 +105,8 @@ def latest_record(results: dict, dataset: str, direction: str, altitude: Optiona
     """The newest record of one dataset/altitude/direction whose other fields equal ``match``
     (e.g. ``h=256, w=256``), or None.
 
-    Unless ``match`` says otherwise (``query="multi"``, ``scales=[1, 1.1]``), only records of the
-    standard protocol (single queries, scale 1) are considered.
+    Unless ``match`` says otherwise (``query="multi"``, ``scales=[1, 1.1]``, ``descriptor="binary"``),
+    only records of the standard protocol (single queries, scale 1, float descriptors) are considered.
     """
     match = dict(DEFAULT_FIELDS, **match)
     match["scales"] = [float(s) for s in match["scales"]]
