@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import synthetic_recipe
-from benchmarks.synthetic_recipe import DIRECTIONS, METRICS, mean_std
+from benchmarks.recipe_tables import DIRECTIONS, METRICS, mean_std
 from evaluation.records import RESULTS_FILE, latest_record, load_results
 
 RUNS = (("full", "student (BiCrossNet-T, full recipe)"), ("teacher", "teacher (ConvNeXt, from scratch)"))

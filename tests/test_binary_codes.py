@@ -6,32 +6,10 @@ import torch
 
 from evaluation.binary_codes import (binarize, code_bytes, evaluate_codes, evaluate_descriptors, hamming_distances,
                                      hamming_top_k, pack_signs, sign_vectors)
-from evaluation.metrics import METRIC_NAMES, RECALL_AT, _compute_map, top1_percent_index
+from evaluation.metrics import METRIC_NAMES
 from evaluation.records import latest_record, record_key
 
-
-def brute_hamming(a: np.ndarray, b: np.ndarray) -> int:
-    """Hamming distance of two codes, bit by bit through Python integers."""
-    return bin(int.from_bytes(a.tobytes(), "little") ^ int.from_bytes(b.tobytes(), "little")).count("1")
-
-
-def brute_metrics(query_codes, query_labels, gallery_codes, gallery_labels):
-    """Protocol metrics of the gallery ranked by ascending Hamming distance, ties in gallery order."""
-    cmc, ap = np.zeros(len(gallery_labels)), 0.0
-    junk = np.flatnonzero(gallery_labels == -1)
-    for code, label in zip(query_codes, query_labels):
-        distance = np.array([brute_hamming(code, g) for g in gallery_codes])
-        order = np.argsort(distance, kind="stable")
-        good = np.flatnonzero(gallery_labels == label) if label != -1 else np.empty(0, np.int64)
-        ap_one, cmc_one = _compute_map(order, good, junk)
-        if cmc_one[0] != -1:
-            cmc, ap = cmc + cmc_one, ap + ap_one
-    cmc /= len(query_labels)
-    last = len(cmc) - 1
-    metrics = {f"recall@{k}": 100 * cmc[min(k - 1, last)] for k in RECALL_AT}
-    metrics["recall@top1"] = 100 * cmc[min(top1_percent_index(len(gallery_labels)), last)]
-    metrics["ap"] = 100 * ap / len(query_labels)
-    return metrics
+from helpers.hamming import brute_hamming, brute_metrics
 
 
 def test_pack_signs_hand_case():

@@ -1,11 +1,7 @@
 """``test.py --descriptor binary`` end to end: every direction, both engines of a packed file, the
 metrics of a brute-force Hamming ranking of the exported descriptors, and records kept apart from
 the float ones."""
-import contextlib
-import importlib.util
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,46 +11,27 @@ import torch
 from evaluation.binary_codes import pack_signs
 from evaluation.metrics import METRIC_NAMES, evaluate_retrieval
 from evaluation.records import latest_record
-from models import build_model
 from runs.checkpoints import load_trained_model
-from runs.claim import save_opts
 from runs.packed import ENGINES, export_packed
-from utils.files import save_checkpoint
-from test_binary_codes import brute_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL, SIZE = "bicrossnet_bnext_tiny", 64
+from helpers.evaluation_cli import SIZE, run_cli as run_test_py, write_run
+from helpers.hamming import brute_metrics
+
+
 DIRECTIONS = {"Satellite->Drone": "satellite_to_drone", "Drone->Satellite": "drone_to_satellite",
               "Street->Satellite": "street_to_satellite", "Satellite->Street": "satellite_to_street",
               "Drone->Street": "drone_to_street", "Street->Drone": "street_to_drone"}
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("bicrossnet_test_cli_binary", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = load_cli()
-
-
 def run_cli(*argv) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert CLI.main([*map(str, argv), "--device", "cpu", "--num_workers", "0", "--batchsize", "32",
-                         "--no_flip"]) == 0
-    return out.getvalue()
+    """test.py in this process, without flip TTA (half the time; the descriptors are compared, not scored)."""
+    return run_test_py(*argv, "--no_flip")
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     torch.manual_seed(0)
-    run_dir = tmp_path_factory.mktemp("checkpoints") / "tiny"
-    save_opts(run_dir, {"model": MODEL, "model_options": {}, "num_classes": 6, "dataset": "university",
-                        "altitude": None, "h": SIZE, "w": SIZE})
-    save_checkpoint({"model": build_model(MODEL, 6).state_dict(), "epoch": 1}, run_dir / "last.pth")
-    return run_dir
+    return write_run(tmp_path_factory.mktemp("checkpoints") / "tiny")
 
 
 def test_binary_descriptors_in_every_direction_match_brute_force_and_keep_float_results(run_dir, university_root):
