@@ -20,7 +20,6 @@ folded BNs, FMAs), so a few activation signs flip and features differ slightly: 
 stays ``bitpacked``; docs/engine_speed.md measures how far apart the two are.
 """
 import contextlib
-import copy
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 from ..bicrossnet import BiCrossNet
 from ..bnext import BinaryUnit, BNext, ELMAttentionUnit
-from .network import PackedBinaryConv, bn_affine, prelu_slope
+from .network import InferenceBNext, PackedBinaryConv, bn_affine, prelu_slope
 
 # Images per pass through the backbone: one image's maps (<= 4 MiB at 256x256) stay in cache.
 FUSED_MICRO_BATCH = 1
@@ -106,32 +105,21 @@ class FusedBlock(nn.Module):
         return out, None if move_next is None else self.ops.pack(out, move_next)
 
 
-class FusedBNext(nn.Module):
+class FusedBNext(InferenceBNext):
     """Inference-only BNext on packed bits with fused tails, with :class:`~models.bnext.BNext`'s forward methods."""
 
+    engine = "fused"
+
     def __init__(self, ops, backbone: BNext, micro_batch: int = FUSED_MICRO_BATCH):
-        super().__init__()
-        if micro_batch < 1:
-            raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+        super().__init__(backbone, micro_batch)
         self.ops = ops
-        self.micro_batch = micro_batch
         stem = backbone.feature[0]
         alpha, beta = bn_affine(stem.bn1)
         self.register_buffer("stem_weight", (stem.conv1.weight.detach() * alpha[:, None, None, None]).contiguous())
         self.register_buffer("stem_bias", beta.contiguous())
         self.stem_stride, self.stem_padding = stem.conv1.stride, stem.conv1.padding
         self.blocks = nn.ModuleList(FusedBlock(ops, block) for block in backbone.feature[1:])
-        self.register_buffer("slope", prelu_slope(backbone.prelu, backbone.num_features))
-        self.num_features = backbone.num_features
-        self.num_classes = backbone.num_classes
-        self.pool = copy.deepcopy(backbone.pool)
-        self.fc = copy.deepcopy(backbone.fc)
         self.eval()
-
-    def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError("the fused engine is inference-only; train the float network")
-        return super().train(False)
 
     def backbone_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last block's output for a micro-batch ``x``."""
@@ -148,13 +136,6 @@ class FusedBNext(nn.Module):
         """Final feature map (B, num_features, H/32, W/32), after the last PReLU."""
         maps = [self.backbone_map(chunk) for chunk in x.split(self.micro_batch)]
         return F.prelu(torch.cat(maps) if len(maps) > 1 else maps[0], self.slope)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x).flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class FusedBiCrossNet(BiCrossNet):

@@ -153,27 +153,44 @@ class PackedBlock(nn.Module):
         return outs
 
 
-class PackedBNext(nn.Module):
-    """Inference-only BNext on packed bits, with :class:`~models.bnext.BNext`'s forward methods."""
+class InferenceBNext(nn.Module):
+    """What both engines' backbones keep of a :class:`~models.bnext.BNext`: the last PReLU, the
+    pooling and classifier with BNext's forward methods around ``forward_features``, and no training."""
 
-    def __init__(self, ops, backbone: BNext, micro_batch: int = DEFAULT_MICRO_BATCH):
+    engine = "bitpacked"
+
+    def __init__(self, backbone: BNext, micro_batch: int):
         super().__init__()
         if micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
         self.micro_batch = micro_batch
-        self.stem = copy.deepcopy(backbone.feature[0])
-        self.blocks = nn.ModuleList(PackedBlock(ops, block) for block in backbone.feature[1:])
         self.register_buffer("slope", prelu_slope(backbone.prelu, backbone.num_features))
         self.num_features = backbone.num_features
         self.num_classes = backbone.num_classes
         self.pool = copy.deepcopy(backbone.pool)
         self.fc = copy.deepcopy(backbone.fc)
-        self.eval()
 
     def train(self, mode: bool = True):
         if mode:
-            raise RuntimeError("the bitpacked engine is inference-only; train the float network")
+            raise RuntimeError(f"the {self.engine} engine is inference-only; train the float network")
         return super().train(False)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class PackedBNext(InferenceBNext):
+    """Inference-only BNext on packed bits, with :class:`~models.bnext.BNext`'s forward methods."""
+
+    def __init__(self, ops, backbone: BNext, micro_batch: int = DEFAULT_MICRO_BATCH):
+        super().__init__(backbone, micro_batch)
+        self.stem = copy.deepcopy(backbone.feature[0])
+        self.blocks = nn.ModuleList(PackedBlock(ops, block) for block in backbone.feature[1:])
+        self.eval()
 
     @torch.no_grad()
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,11 +204,4 @@ class PackedBNext(nn.Module):
         for block in self.blocks:
             chunks = block(chunks)
         return F.prelu(torch.cat(chunks) if len(chunks) > 1 else chunks[0], self.slope)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x).flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
