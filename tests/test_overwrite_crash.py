@@ -10,6 +10,7 @@ import pytest
 
 import train
 
+from helpers.errors import one_line_error
 from helpers.evaluation_cli import CLI, write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,15 +38,6 @@ def killed_overwrite(university_root, ckpt):
     done = subprocess.run([sys.executable, "-c", KILLED_IN_FIT, *overwrite_args(university_root, ckpt)], cwd=REPO,
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stderr[-2000:]
-
-
-def one_line_error(capsys, main, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.slow

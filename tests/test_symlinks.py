@@ -18,6 +18,7 @@ from runs.claim import RunClaim
 from training.training_log import LOG_FILE, TensorBoardLog, attach_log_file, setup_logger
 from utils.errors import UserError
 
+from helpers.errors import one_line_error
 from helpers.evaluation_cli import CLI, write_run
 
 SECRET = b"someone else's file\n"
@@ -32,15 +33,6 @@ def planted_link(link: Path, tmp_path: Path) -> Path:
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(victim)
     return victim
-
-
-def cli_error(capsys, main, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_run_lock_is_not_opened_through_a_planted_link(tmp_path):
@@ -145,7 +137,7 @@ def test_lock_is_keyed_on_the_folder_so_a_linked_alias_is_refused(tmp_path):
 def test_test_py_refuses_a_name_outside_the_checkpoint_dir(tmp_path, university_root, capsys):
     outside = write_run(tmp_path / "outside", model="mccg_convnext_atto")
     before = sorted(p.name for p in outside.iterdir())
-    err = cli_error(capsys, CLI.main, ["--name", "../outside", "--checkpoint_dir", tmp_path / "checkpoints",
+    err = one_line_error(capsys, CLI.main, ["--name", "../outside", "--checkpoint_dir", tmp_path / "checkpoints",
                                        "--test_dir", university_root / "test", "--device", "cpu",
                                        "--num_workers", "0"])
     assert "--name '../outside'" in err
@@ -155,7 +147,7 @@ def test_test_py_refuses_a_name_outside_the_checkpoint_dir(tmp_path, university_
 def test_export_py_refuses_a_name_outside_the_checkpoint_dir(tmp_path, capsys):
     outside = write_run(tmp_path / "outside", model="mccg_convnext_atto")
     before = sorted(p.name for p in outside.iterdir())
-    err = cli_error(capsys, export.main, ["--name", "../outside", "--checkpoint_dir", tmp_path / "checkpoints",
+    err = one_line_error(capsys, export.main, ["--name", "../outside", "--checkpoint_dir", tmp_path / "checkpoints",
                                           "--speed_batch", "0"])
     assert "--name '../outside'" in err
     assert sorted(p.name for p in outside.iterdir()) == before
@@ -163,7 +155,7 @@ def test_export_py_refuses_a_name_outside_the_checkpoint_dir(tmp_path, capsys):
 
 def test_resume_together_with_overwrite_is_refused(tmp_path, university_root, capsys):
     run = fake_run(tmp_path / "run")
-    err = cli_error(capsys, train.main, ["--name", "run", "--checkpoint_dir", tmp_path, "--data_dir",
+    err = one_line_error(capsys, train.main, ["--name", "run", "--checkpoint_dir", tmp_path, "--data_dir",
                                          university_root / "train", "--resume", "--overwrite"])
     assert "--resume" in err and "--overwrite" in err and "only one" in err
     assert sorted(p.name for p in run.iterdir()) == ["last.pth", "opts.yaml"]
@@ -178,6 +170,6 @@ def test_synthetic_generator_refuses_a_split_folder_that_is_a_link(tmp_path, cap
     (elsewhere / "keep.txt").write_bytes(SECRET)
     shutil.rmtree(tmp_path / "G" / "train")
     (tmp_path / "G" / "train").symlink_to(elsewhere)
-    err = cli_error(capsys, synthetic_main, argv)
+    err = one_line_error(capsys, synthetic_main, argv)
     assert str(tmp_path / "G" / "train") in err and "symbolic link" in err
     assert (elsewhere / "keep.txt").read_bytes() == SECRET

@@ -1,4 +1,6 @@
 """The one-line error contract: what bad input must print, and the exit code a command ends with."""
+import pytest
+
 import train
 
 
@@ -20,3 +22,13 @@ def exit_code(argv, main=train.main):
         return main(argv)
     except SystemExit as done:
         return done.code
+
+
+def one_line_error(capsys, main, argv) -> str:
+    """The single ``error: ...`` line that ``main(argv)`` prints, alone on stderr, exiting with code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line_error(err, alone=True)
+    return err
