@@ -76,10 +76,15 @@ class BinaryUnit(nn.Module):
 
     def binary_branch(self, x: torch.Tensor) -> torch.Tensor:
         z = self.activation2(self.norm1(self.binary_conv(self.binary_activation(self.move(x)))))
+        shortcut = self.pool(x)
+        if shortcut.shape[-2:] != z.shape[-2:]:
+            # An odd map at a stride-2 unit: the 2x2 pooled shortcut would broadcast against the
+            # conv's rounded-up output instead of failing.
+            raise RuntimeError(f"a stride-2 unit got a {x.shape[-2]}x{x.shape[-1]} map; it needs even sizes")
         # The scale is kept in [0, 1] by ``constrain_`` after every optimizer step, not clamped here:
         # checkpoints of the released code hold 3×3-unit scales just outside the range that its
         # forward uses as they are.
-        mix = self.scale * self.pool(x) + (1 - self.scale) * z
+        mix = self.scale * shortcut + (1 - self.scale) * z
         return self.se(mix) * z
 
     @torch.no_grad()

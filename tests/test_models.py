@@ -395,5 +395,8 @@ def test_input_size_probe_is_a_value_error_without_flags():
     with pytest.raises(ValueError, match="bicrossnet_bnext_tiny cannot take 40x32 inputs .*multiples of 32") as err:
         check_input_size(net, 40, 32, "bicrossnet_bnext_tiny")
     assert "--" not in str(err.value) and "\n" not in str(err.value)
+    # 48 reaches the last stride-2 unit as a 3x3 map, whose pooled 1x1 shortcut used to broadcast.
+    with pytest.raises(ValueError, match="cannot take 48x48 inputs .*3x3 map; it needs even sizes"):
+        check_input_size(net, 48, 48, "bicrossnet_bnext_tiny")
     check_input_size(net, 64, 64, "bicrossnet_bnext_tiny")
     assert net.training
