@@ -3,10 +3,14 @@
 The file is rebuilt with :func:`runs.packed.load_packed` (``test.py --packed FILE``). After
 writing it, the export reloads it, compares eval features with the float checkpoint's on a
 random batch at the run's input size, and prints what the packing saved and how fast the packed
-file runs on this CPU with each engine (``--speed_batch``; ``benchmarks/feature_throughput.py`` is
-the full comparison, teacher included).
+file runs on this CPU with each engine (``--speed_batch``) at the run's input size, against the
+``--teacher`` run when given. ``--speed_reference MODEL`` adds the comparison the paper makes: the
+bit-packed engines at ``--speed_size`` (256) against a full-precision network built with random
+weights (speed does not depend on them), e.g. ``mccg_convnext_tiny``, the paper's ConvNeXt-T
+teacher. ``benchmarks/feature_throughput.py`` is the full comparison (thread counts, batch sizes,
+``torch.compile`` and ONNX Runtime teachers, where the time goes).
 
-Example: ``python export.py --name bicrossnet --teacher mccg_teacher``
+Example: ``python export.py --name bicrossnet --teacher mccg_teacher --speed_reference mccg_convnext_tiny``
 """
 import argparse
 import os
@@ -16,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from models import bitpacked
+from models import bitpacked, build_model, list_models
 from runs.checkpoints import load_checkpoint, load_opts, load_run, load_trained_model, resolve_run
 from runs.layout import run_folder
 from runs.packed import ENGINES, binary_weight_bytes, export_packed, load_packed, serialized_bytes
@@ -38,8 +42,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--verify_batch", type=int, default=2, help="random images compared after reloading")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random verification batch")
     parser.add_argument("--speed_batch", type=int, default=1,
-                        help="images per forward pass of the speed measurement (0: skip it)")
+                        help="images per forward pass of the speed measurements (0: skip them)")
+    parser.add_argument("--speed_reference", default=None, metavar="MODEL",
+                        help="also time the bit-packed engines at --speed_size against this full-precision model "
+                             "with random weights (mccg_convnext_tiny: the paper's ConvNeXt-T teacher)")
+    parser.add_argument("--speed_size", type=int, default=256,
+                        help="input height and width of the --speed_reference comparison (a multiple of 32)")
     args = parser.parse_args(argv)
+    if args.speed_reference is not None and args.speed_reference not in list_models():
+        raise UserError(f"--speed_reference {args.speed_reference!r} is not a model; expected one of "
+                        f"{', '.join(list_models())}")
+    if args.speed_size < 32 or args.speed_size % 32:
+        raise UserError(f"--speed_size must be a positive multiple of 32 (the networks downsample 32 times), "
+                        f"got {args.speed_size}")
     if args.verify_batch < 1:
         raise UserError(f"--verify_batch must be a positive integer, got {args.verify_batch}")
     if args.speed_batch < 0:
@@ -108,25 +123,26 @@ def images_per_second(model, batch: int, h: int, w: int, repeats: int = 3) -> fl
     return batch / best
 
 
-def speed_table(path: Path, batch: int, h: int, w: int, teacher_run: Optional[Path] = None) -> str:
-    """Images per second of the packed file on every engine this machine runs (the bit-packed ones,
-    exact and fused, only for BNext students where their C++ ops build), and of the teacher's float
-    network."""
-    engines = [e for e in ENGINES if e == "float" or bitpacked.available()]
+def speed_table(path: Path, batch: int, h: int, w: int, engines=ENGINES, reference=None) -> str:
+    """Images per second of the packed file on each of ``engines`` that this machine runs (the
+    bit-packed ones only for BNext students where their C++ ops build) and of ``reference``, a
+    ``(label, model)`` pair; the ratios are against the reference, or the first engine without one."""
     rows = []
     for engine in engines:
+        if engine != "float" and not bitpacked.available():
+            continue
         try:
             model, _ = load_packed(path, engine=engine)
         except UserError:  # not a BNext student: the bit-packed engines do not apply
             continue
         rows.append((f"packed student, {engine} engine", images_per_second(model, batch, h, w)))
-    if teacher_run is not None:
-        rows.append((f"teacher {teacher_run.name}", images_per_second(load_run(teacher_run), batch, h, w)))
-    reference = rows[-1][1] if teacher_run is not None else rows[0][1]
+    if reference is not None:
+        rows.append((reference[0], images_per_second(reference[1], batch, h, w)))
+    base = rows[-1][1] if reference is not None else rows[0][1]
     lines = [f"speed on this CPU ({torch.get_num_threads()} threads, batch {batch}, {h}x{w}, best of 3):",
-             f"| network | images / s | vs {'teacher' if teacher_run is not None else 'float engine'} |",
+             f"| network | images / s | vs {reference[0] if reference is not None else 'float engine'} |",
              "|---|---:|---:|"]
-    lines += [f"| {name} | {rate:.2f} | {rate / reference:.2f}x |" for name, rate in rows]
+    lines += [f"| {name} | {rate:.2f} | {rate / base:.2f}x |" for name, rate in rows]
     return "\n".join(lines)
 
 
@@ -169,7 +185,13 @@ def main(argv=None) -> None:
     teacher = teacher_sizes(teacher_dir) if teacher_dir else None
     print(size_table(opts["model"], model, checkpoint_sizes(checkpoint_path, checkpoint), os.path.getsize(out), teacher))
     if args.speed_batch:
-        print(speed_table(out, args.speed_batch, meta["h"], meta["w"], teacher_dir))
+        teacher_model = (f"teacher {teacher_dir.name}", load_run(teacher_dir)) if teacher_dir else None
+        print(speed_table(out, args.speed_batch, meta["h"], meta["w"], reference=teacher_model))
+    if args.speed_batch and args.speed_reference:
+        engines = bitpacked.ENGINE_NAMES if bitpacked.available() else ("float",)
+        reference = build_model(args.speed_reference, opts["num_classes"]).eval()
+        print(speed_table(out, args.speed_batch, args.speed_size, args.speed_size, engines,
+                          (f"{args.speed_reference}, random weights", reference)))
 
 
 if __name__ == "__main__":

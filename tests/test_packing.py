@@ -15,10 +15,12 @@ from utils.files import save_checkpoint
 from utils.errors import UserError
 from runs.packed import (FORMAT_VERSION, package_checksum, signs_restore_exactly, binary_weight_bytes, export_packed, load_packed,
                            pack_signs, packed_bytes, serialized_bytes, unpack_signs)
+from helpers.errors import one_line_error
 from helpers.evaluation_cli import SIZE, write_run
 
 STUDENT = "bicrossnet_bnext_tiny"
 NUM_CLASSES = 7
+REFERENCE_SIZE = 32  # the --speed_reference table's input, other than the run's SIZE
 META = {"h": SIZE, "w": SIZE, "dataset": "university", "altitude": None}
 
 
@@ -83,7 +85,8 @@ def exported(tmp_path_factory):
     write_run(root / "teacher", "mccg_convnext_atto", model_options={"block": 2}, num_classes=NUM_CLASSES)
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        export.main(["--name", "student", "--checkpoint_dir", str(root), "--teacher", "teacher"])
+        export.main(["--name", "student", "--checkpoint_dir", str(root), "--teacher", "teacher",
+                     "--speed_reference", "mccg_convnext_atto", "--speed_size", str(REFERENCE_SIZE)])
     assert torch.equal(features(model), expected)
     return model, root / "student" / "last_packed.pt", expected, output.getvalue()
 
@@ -223,16 +226,33 @@ def test_export_cli_writes_verifies_and_reports_sizes(exported):
     assert f"| {STUDENT}: packed file | {os.path.getsize(path) / 2**20:.2f} MiB |" in out
     assert "| binary conv weights, packed | 3.37 MiB | 32x smaller |" in out
     assert "| teacher mccg_convnext_atto: float weights (state dict only) |" in out
-    speed = out.split("speed on this CPU", 1)[1].splitlines()
-    rows = {line.split("|")[1].strip(): line for line in speed if line.startswith("| ") and "network" not in line}
+    tables = out.split("speed on this CPU")[1:]
+    assert len(tables) == 2 and f"{SIZE}x{SIZE}" in tables[0].splitlines()[0]
     engines = ("float", *bitpacked.ENGINE_NAMES) if bitpacked.available() else ("float",)
-    assert set(rows) == {f"packed student, {e} engine" for e in engines} | {"teacher teacher"}
-    assert rows["teacher teacher"].endswith("| 1.00x |")  # the ratios are against the teacher
+    check_speed_rows(tables[0], {f"packed student, {e} engine" for e in engines}, "teacher teacher")
+
+
+@pytest.mark.slow
+def test_export_cli_times_the_bitpacked_engines_against_a_reference_model(exported):
+    """--speed_reference: the deployed engines (float only where the bit-packed ones do not build) at
+    --speed_size against a random-weight network, ratios against it."""
+    table = exported[3].split("speed on this CPU")[2]
+    assert f"{REFERENCE_SIZE}x{REFERENCE_SIZE}" in table.splitlines()[0]
+    engines = bitpacked.ENGINE_NAMES if bitpacked.available() else ("float",)
+    check_speed_rows(table, {f"packed student, {e} engine" for e in engines}, "mccg_convnext_atto, random weights")
+
+
+def check_speed_rows(table: str, students: set, reference: str) -> None:
+    """The table lists exactly ``students`` and ``reference``, each ratio its rate over the reference's."""
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()
+            if line.startswith("| ") and "network" not in line}
+    assert set(rows) == students | {reference}
+    assert rows[reference].endswith("| 1.00x |")
+    reference_rate = float(rows[reference].split("|")[2])
     for line in rows.values():
         rate, ratio = float(line.split("|")[2]), float(line.split("|")[3].strip().rstrip("x"))
         # Rates print to 2 decimals: a large ratio recomputed from them agrees in relative terms only.
-        teacher_rate = float(rows["teacher teacher"].split("|")[2])
-        assert rate > 0 and ratio == pytest.approx(rate / teacher_rate, rel=0.01, abs=0.02)
+        assert rate > 0 and ratio == pytest.approx(rate / reference_rate, rel=0.01, abs=0.02)
 
 
 def test_export_cli_errors_are_one_line(tmp_path, capsys):
@@ -240,3 +260,9 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
         export.main(["--name", "missing", "--checkpoint_dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("flags, message", [(["--speed_reference", "resnet50"], "--speed_reference 'resnet50' is not a model"),
+                                            (["--speed_size", "48"], "--speed_size must be a positive multiple of 32")])
+def test_export_refuses_bad_speed_flags_before_reading_the_run(tmp_path, capsys, flags, message):
+    assert message in one_line_error(capsys, export.main, ["--name", "missing", "--checkpoint_dir", tmp_path, *flags])
