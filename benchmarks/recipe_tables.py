@@ -12,6 +12,8 @@ STREET_DIRECTIONS = (("Street->Satellite", "St→S"), ("Satellite->Street", "S�
                      ("Street->Drone", "St→D"))
 METRICS = (("recall@1", "R@1"), ("ap", "AP"))
 REFERENCE = "full"
+# Distillation's effect is measured against the same seed's student trained without it.
+BASELINE = "no_kd"
 TEACHERS = ("teacher", "teacher_3views")
 # How far the teacher should lead the strongest student before distillation can be judged (R@1 points
 # beyond the larger of the two standard deviations).
@@ -59,6 +61,30 @@ def differences(summaries: dict) -> dict:
     return table
 
 
+def distils(name: str) -> bool:
+    """The variants that differ from ``BASELINE`` in the distillation term alone."""
+    return name == REFERENCE or name.startswith("kd_")
+
+
+def distillation_effect(runs: dict, columns: list) -> dict:
+    """Per distilling variant and metric: mean and sample std over seeds of its value minus the
+    same seed's ``BASELINE`` run (same initialization, sampling and augmentation, so the seed-to-seed
+    spread that both share cancels), and whether |mean| exceeds that std; {} without a baseline or
+    with fewer than two paired seeds."""
+    baseline = {run["seed"]: run["metrics"] for run in runs.get(BASELINE, [])}
+    effect = {}
+    for name, per_seed in runs.items():
+        pairs = [(run["metrics"], baseline[run["seed"]]) for run in per_seed if run["seed"] in baseline]
+        if not distils(name) or len(pairs) < 2:
+            continue
+        effect[name] = {}
+        for _, short, metric, _ in columns:
+            diffs = [mine[short][metric] - base[short][metric] for mine, base in pairs]
+            mean, std = round(statistics.mean(diffs), 9) + 0.0, statistics.stdev(diffs)
+            effect[name][f"{short} {metric}"] = {"mean": mean, "std": std, "exceeds": abs(mean) > std}
+    return effect
+
+
 def teacher_lead(summaries: dict, columns: list) -> dict:
     """Per R@1 column: the two-view teacher's mean minus the strongest student's, and that lead less
     the larger of their standard deviations (None with one seed); {} without a teacher or a student."""
@@ -85,6 +111,7 @@ def build_report(settings: dict, command: str, test_split: str, labels: dict, ru
     report["summary"] = {name: summarize(per_seed, columns) for name, per_seed in runs.items()}
     report["difference_from_full"] = differences(report["summary"])
     report["teacher_lead"] = teacher_lead(report["summary"], columns)
+    report["distillation_effect"] = distillation_effect(runs, columns)
     return report
 
 
@@ -128,6 +155,16 @@ def markdown(report: dict) -> str:
             beyond.append(f"{labels[name]}: " + ", ".join(judged))
     if deltas and len(report["settings"]["seeds"]) > 1:
         lines += ["", "Beyond the spread: " + ("; ".join(beyond) if beyond else "none") + "."]
+    effect = report.get("distillation_effect") or {}
+    if effect:
+        lines += ["", f"Distillation's effect, paired by seed: each distilling run minus the {labels[BASELINE]} run "
+                  "of the same seed (same initialization, sampling and augmentation: only the distillation term "
+                  "differs), mean ± standard deviation of the per-seed differences; **bold**: |mean| exceeds that "
+                  "standard deviation.", "", header, rule]
+        for name, row in effect.items():
+            cells = [(f"{row[f'{short} {metric}']['mean']:+.2f} ± {row[f'{short} {metric}']['std']:.2f}",
+                      row[f"{short} {metric}"]["exceeds"]) for _, short, metric, _ in columns]
+            lines.append(f"| {labels[name]} | " + " | ".join(f"**{c}**" if e else c for c, e in cells) + " |")
     lead = report.get("teacher_lead") or {}
     if lead:
         parts = [f"{short} {row['lead']:+.2f} over {labels[row['best_student']]}"

@@ -70,7 +70,7 @@ def test_the_written_page_parses_back_to_the_runs_numbers(tmp_path):
     report = fabricated_report()
     page = write_page(tmp_path, report)
     assert "```bash\npython -m benchmarks.synthetic_recipe --variants distillation\n```" in page
-    results, deltas, timing = parse_tables(page)
+    results, deltas, _, timing = parse_tables(page)
     columns = [(short, metric) for short in SHORTS for metric in METRICS]
     marked, unmarked = [], []
     for name in BASES:
@@ -93,6 +93,24 @@ def test_the_written_page_parses_back_to_the_runs_numbers(tmp_path):
     assert timing["label teacher"] == ["3", "2.0", "0.8", "0.5", "0.4"]  # mean minutes over the seeds
 
 
+def test_distillations_paired_effect_is_the_mean_and_std_of_per_seed_differences(tmp_path):
+    report = fabricated_report()
+    report["runs"]["no_kd"].reverse()  # pairs are matched by seed, not by position
+    effect = parse_tables(write_page(tmp_path, report))[2]
+    assert set(effect) == {"label full", "label kd_mse", "label kd_t1"}  # the teacher does not distil
+    columns = [(short, metric) for short in SHORTS for metric in METRICS]
+    marks = set()
+    for name in ("full", "kd_mse", "kd_t1"):
+        for (short, metric), cell in zip(columns, effect[f"label {name}"]):
+            baseline = {run["seed"]: run["metrics"][short][metric] for run in report["runs"]["no_kd"]}
+            diffs = [run["metrics"][short][metric] - baseline[run["seed"]] for run in report["runs"][name]]
+            mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+            text = f"{mean:+.2f} ± {std:.2f}"
+            assert cell == (f"**{text}**" if abs(mean) > std else text)
+            marks.add(abs(mean) > std)
+    assert marks == {True, False}
+
+
 def test_the_teacher_lead_line_follows_its_formula(tmp_path):
     report = fabricated_report()
     page = write_page(tmp_path, report)
@@ -108,7 +126,7 @@ def test_the_teacher_lead_line_follows_its_formula(tmp_path):
 
 def test_one_seed_has_no_spread_and_judges_nothing(tmp_path):
     page = write_page(tmp_path, fabricated_report(seeds=(2,)))
-    results, deltas, _ = parse_tables(page)
+    results, deltas, _ = parse_tables(page)  # no paired table with one seed
     assert "one seed: no standard deviation" in page
     assert all("±" not in cell for row in results.values() for cell in row)
     assert all("**" not in cell for row in deltas.values() for cell in row)
