@@ -123,19 +123,25 @@ def images_per_second(model, batch: int, h: int, w: int, repeats: int = 3) -> fl
     return batch / best
 
 
-def speed_table(path: Path, batch: int, h: int, w: int, engines=ENGINES, reference=None) -> str:
-    """Images per second of the packed file on each of ``engines`` that this machine runs (the
-    bit-packed ones only for BNext students where their C++ ops build) and of ``reference``, a
-    ``(label, model)`` pair; the ratios are against the reference, or the first engine without one."""
-    rows = []
-    for engine in engines:
+def packed_engines(path: Path) -> dict:
+    """``{engine: model}``: the packed file loaded on every engine this machine runs it on (the
+    bit-packed ones only for BNext students where their C++ ops build)."""
+    models = {}
+    for engine in ENGINES:
         if engine != "float" and not bitpacked.available():
             continue
         try:
-            model, _ = load_packed(path, engine=engine)
+            models[engine] = load_packed(path, engine=engine)[0]
         except UserError:  # not a BNext student: the bit-packed engines do not apply
             continue
-        rows.append((f"packed student, {engine} engine", images_per_second(model, batch, h, w)))
+    return models
+
+
+def speed_table(students: dict, batch: int, h: int, w: int, reference=None) -> str:
+    """Images per second of each ``{engine: model}`` student and of ``reference``, a ``(label, model)``
+    pair; the ratios are against the reference, or the first engine without one."""
+    rows = [(f"packed student, {engine} engine", images_per_second(model, batch, h, w))
+            for engine, model in students.items()]
     if reference is not None:
         rows.append((reference[0], images_per_second(reference[1], batch, h, w)))
     base = rows[-1][1] if reference is not None else rows[0][1]
@@ -185,14 +191,15 @@ def main(argv=None) -> None:
     teacher = teacher_sizes(teacher_dir) if teacher_dir else None
     print(size_table(opts["model"], model, checkpoint_sizes(checkpoint_path, checkpoint), os.path.getsize(out), teacher))
     if args.speed_batch:
+        students = packed_engines(out)  # loaded once for both tables
         teacher_model = (f"teacher {teacher_dir.name}", load_run(teacher_dir)) if teacher_dir else None
-        print(speed_table(out, args.speed_batch, meta["h"], meta["w"], reference=teacher_model))
-    if args.speed_batch and args.speed_reference:
-        engines = bitpacked.ENGINE_NAMES if bitpacked.available() else ("float",)
-        reference = build_model(args.speed_reference, opts["num_classes"]).eval()
-        print(speed_table(out, args.speed_batch, args.speed_size, args.speed_size, engines,
-                          (f"{args.speed_reference}, random weights", reference)))
-
+        print(speed_table(students, args.speed_batch, meta["h"], meta["w"], teacher_model))
+        if args.speed_reference:
+            deployed = ({engine: students[engine] for engine in bitpacked.ENGINE_NAMES if engine in students}
+                        if bitpacked.available() else students)
+            reference = build_model(args.speed_reference, opts["num_classes"]).eval()
+            print(speed_table(deployed, args.speed_batch, args.speed_size, args.speed_size,
+                              (f"{args.speed_reference}, random weights", reference)))
 
 if __name__ == "__main__":
     main()
